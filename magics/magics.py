@@ -1,0 +1,222 @@
+"""``%%prompt``, ``%tune``, ``%evaluate`` and ``%nbkit``.
+
+Each magic parses its line with ``magic_arguments`` (quotes work, bad flags
+raise ``UsageError``, ``%tune?`` shows the help), calls one function of the
+nbkit API, displays the result and binds it with ``-o VAR``. Lines are not
+variable-expanded: ``--target "{{ label }}"`` reaches nbkit intact.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from .progress import progress_mode
+
+
+_DOLLAR = re.compile(r"\$(\w+)")
+
+
+def expand(line: str, namespace) -> str:
+    """Replace ``$name`` with the notebook variable's value (quoted if needed).
+
+    IPython's own expansion also rewrites ``{…}``, which would eat Jinja's
+    ``{{ label }}``; nbkit expands only ``$name``, so parameterised notebooks can
+    write ``--data $data`` and templates keep their braces.
+    """
+    def value(match):
+        name = match.group(1)
+        return shlex.quote(str(namespace[name])) if name in namespace else match.group(0)
+
+    return _DOLLAR.sub(value, line)
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@magics_class
+class NbkitMagics(Magics):
+    """The nbkit magics; registered by ``%load_ext nbkit``."""
+
+    def _bind(self, name: str | None, value):
+        if name:
+            self.shell.user_ns[name] = value
+        return value
+
+    @magic_arguments()
+    @argument("name", help="name to register the prompt under")
+    @argument("--target", help='template of the expected completion, e.g. "{{ label }}"')
+    @argument("--choices", help="comma-separated label words for classification")
+    @argument("--system", help="system message (chat models) or preamble")
+    @argument("--shots", type=int, default=0, help="few-shot examples drawn from the training split")
+    @argument("--run", action="store_true", help="render and generate on --limit rows of --data")
+    @argument("--data", help="data spec: sample:NAME, a file, hf:ID or a variable name")
+    @argument("--split", default="test", help="split the --run rows come from (default test)")
+    @argument("--limit", type=int, default=5, help="rows to generate on with --run (default 5)")
+    @argument("--model", help="model spec (default: the embedded smollm2-135m)")
+    @argument("--adapter", help="a run (name, directory or variable) whose adapter to apply")
+    @argument("--max-new-tokens", type=int, default=64, help="longest output with --run")
+    @argument("-o", "--output", metavar="VAR", help="bind the result (the Prompt, or the generations) to VAR")
+    @no_var_expand
+    @cell_magic
+    def prompt(self, line, cell):
+        """Define a named prompt template (Jinja2) and optionally try it.
+
+        Example::
+
+            %%prompt intent --target "{{ label }}" --choices refund,delivery,account,other
+            Which team should handle this customer message?
+            Message: {{ text }}
+            Team:
+        """
+        from nbkit.prompts import Prompt, register_prompt
+
+        args = parse_argstring(self.prompt, expand(line, self.shell.user_ns))
+        prompt = register_prompt(Prompt(
+            cell, name=args.name, target=args.target, choices=_csv(args.choices),
+            system=args.system, shots=args.shots,
+        ))
+        if not args.run:
+            variables = ", ".join(sorted(prompt.variables)) or "none"
+            print(f"prompt {prompt.name!r} defined (variables: {variables})")
+            self._bind(args.output, prompt)
+            return None
+        from nbkit.evaluation import generate
+
+        result = generate(prompt, args.data, model=args.model, adapter=args.adapter, split=args.split,
+                          limit=args.limit, max_new_tokens=args.max_new_tokens, namespace=self.shell.user_ns)
+        return self._bind(args.output, result)
+
+    @magic_arguments()
+    @argument("--prompt", required=True, help="name of the prompt to train on")
+    @argument("--data", required=True, help="data spec; its train split is used")
+    @argument("--model", default="smollm2-135m", help="base model spec (default smollm2-135m)")
+    @argument("--method", default="lora", help="lora or qlora (see %%nbkit methods)")
+    @argument("--epochs", type=float, default=3, help="passes over the data (default 3)")
+    @argument("--max-steps", type=int, help="stop after this many steps")
+    @argument("--lr", type=float, help="learning rate (default: the method's)")
+    @argument("--batch-size", type=int, default=8, help="examples per step (default 8)")
+    @argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
+    @argument("--r", type=int, help="LoRA rank (default 8)")
+    @argument("--alpha", type=float, help="LoRA alpha (default 16)")
+    @argument("--dropout", type=float, help="LoRA dropout (default 0.05)")
+    @argument("--target-modules", help="layers to adapt: all-linear or names like q_proj,v_proj")
+    @argument("--max-length", type=int, default=256, help="tokens per example (default 256)")
+    @argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps (default 0.1)")
+    @argument("--seed", type=int, default=0, help="random seed (default 0)")
+    @argument("--name", help="run name (default <prompt>-<method>)")
+    @argument("--resume", action="store_true", help="continue run --name from its last checkpoint")
+    @argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    @argument("--progress", default="auto", choices=["auto", "widget", "plain", "none"],
+              help="live widget, plain lines or nothing (default: widget in Jupyter)")
+    @argument("-o", "--output", metavar="VAR", help="bind the Run to VAR")
+    @no_var_expand
+    @line_magic
+    def tune(self, line):
+        """Fine-tune the model on a prompt and data set; returns a Run."""
+        from nbkit.events import PlainProgress
+        from nbkit.training import tune
+
+        args = parse_argstring(self.tune, expand(line, self.shell.user_ns))
+        mode = progress_mode(args.progress)
+        if mode == "widget":
+            from .widgets import TuneWidget
+
+            callbacks = [TuneWidget(display=display)]
+        else:
+            callbacks = [PlainProgress()] if mode == "plain" else []
+        options = {"r": args.r, "alpha": args.alpha, "dropout": args.dropout, "target_modules": args.target_modules}
+        run = tune(
+            args.prompt, args.data, model=args.model, method=args.method, epochs=args.epochs,
+            max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
+            max_length=args.max_length, warmup=args.warmup, seed=args.seed, name=args.name,
+            resume=args.resume, overwrite=args.overwrite, namespace=self.shell.user_ns, callbacks=callbacks,
+            **{k: v for k, v in options.items() if v is not None},
+        )
+        return self._bind(args.output, run)
+
+    @magic_arguments()
+    @argument("--prompt", action="append", help="a prompt to evaluate (repeatable)")
+    @argument("--run", action="append", help="a run to evaluate: name, directory or variable (repeatable)")
+    @argument("--data", help="data spec (default: the run's training data)")
+    @argument("--split", default="test", help="split to evaluate on (default test)")
+    @argument("--metric", action="append", help="accuracy, f1 or exact_match (repeatable)")
+    @argument("--limit", type=int, help="evaluate only the first N rows")
+    @argument("--model", help="base model for the prompts (default smollm2-135m)")
+    @argument("--scoring", default="sum", choices=["sum", "mean"],
+              help="label log-likelihood: sum, or mean per token (length-normalised)")
+    @argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
+    @argument("-o", "--output", metavar="VAR", help="bind the Report to VAR")
+    @no_var_expand
+    @line_magic
+    def evaluate(self, line):
+        """Evaluate prompts and tuned runs side by side; returns a Report."""
+        from nbkit.evaluation import evaluate
+
+        args = parse_argstring(self.evaluate, expand(line, self.shell.user_ns))
+        report = evaluate(
+            args.prompt, args.run, args.data, model=args.model, split=args.split, metric=args.metric,
+            limit=args.limit, scoring=args.scoring, batch_size=args.batch_size, namespace=self.shell.user_ns,
+        )
+        return self._bind(args.output, report)
+
+    @magic_arguments()
+    @argument("what", nargs="?", default="list", choices=["list", "help", "methods", "samples"],
+              help="list (prompts, runs, models), help, methods or samples")
+    @no_var_expand
+    @line_magic
+    def nbkit(self, line):
+        """List the session's prompts, runs and loaded models, or print help."""
+        args = parse_argstring(self.nbkit, expand(line, self.shell.user_ns))
+        if args.what == "help":
+            print(HELP)
+            return
+        if args.what == "methods":
+            from nbkit.methods import METHODS, available_methods
+
+            for name in available_methods():
+                print(f"{name:16} {METHODS[name].summary}")
+            return
+        if args.what == "samples":
+            from nbkit.data import available_samples
+
+            print("\n".join(f"sample:{s}" for s in available_samples()))
+            return
+        print(listing())
+
+
+def listing() -> str:
+    """The session's prompts, runs and loaded models, as text (no heavy imports)."""
+    import sys
+
+    from nbkit.prompts import PROMPTS
+    from nbkit.runs import available_runs
+
+    lines = ["prompts:"] + [f"  {n}: {', '.join(sorted(p.variables)) or 'no variables'}"
+                            + (f"; choices {', '.join(p.choices)}" if p.choices else "") for n, p in PROMPTS.items()]
+    lines += ["runs:"] + [f"  {n}" for n in available_runs()]
+    models = sys.modules.get("nbkit.models")
+    lines += ["models loaded:"] + [f"  {m!r}" for m in (models.MODELS.values() if models else [])]
+    return "\n".join(lines)
+
+
+HELP = """nbkit magics  ($name in a magic line is replaced by the notebook variable; {{ }} is left to Jinja)
+
+  %%prompt NAME [--target T] [--choices a,b] [--system S] [--shots K] [--run --data D --limit N] [-o VAR]
+      define a Jinja2 prompt from the cell body; --run generates on N rows (or, with no
+      variables and no --data, sends the text to the model like a chat cell)
+  %tune --prompt NAME --data D [--method lora|qlora] [--epochs E] [--lr LR] [--name RUN] [-o VAR]
+      fine-tune; shows a live widget in Jupyter, plain lines under papermill; returns a Run
+  %evaluate --prompt NAME [--prompt ...] [--run RUN ...] [--data D] [--split test] [-o VAR]
+      score prompts and runs side by side; returns a Report (.frame is a DataFrame)
+  %nbkit [list|methods|samples|help]
+      list prompts, runs and loaded models; the tuning methods; the sample data sets
+
+Data: sample:NAME, a .csv/.jsonl/.json/.parquet file, hf:ID[:CONFIG], or a variable name.
+Models: smollm2-135m (embedded), a local directory, or a hub id.
+Each magic's own help: %tune?  %evaluate?  %%prompt?"""

@@ -1,0 +1,77 @@
+"""The live ``%tune`` widget: progress bar, loss curve, step/epoch, tokens/s and ETA.
+
+It subscribes to nbkit's training events; the core never draws. The bar turns
+green when the run completes, orange when interrupted and red when it fails.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+
+from nbkit.events import Begin, Callback, End, Step, fmt_seconds
+
+
+def loss_svg(losses: list[float], width: int = 360, height: int = 110) -> str:
+    """The loss curve as an inline SVG polyline (no plotting library, renders anywhere)."""
+    if len(losses) < 2:
+        return f"<svg width='{width}' height='{height}'></svg>"
+    lo, hi = min(losses), max(losses)
+    span = (hi - lo) or 1.0
+    pad = 24
+    points = " ".join(
+        f"{pad + i * (width - pad - 4) / (len(losses) - 1):.1f},{4 + (hi - v) / span * (height - 22):.1f}"
+        for i, v in enumerate(losses)
+    )
+    return (
+        f"<svg class='nbkit-loss' width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg' "
+        "font-family='sans-serif' font-size='10'>"
+        f"<polyline fill='none' stroke='#4C72B0' stroke-width='1.5' points='{points}'/>"
+        f"<text x='0' y='12'>{hi:.2f}</text><text x='0' y='{height - 18}'>{lo:.2f}</text>"
+        f"<text x='{pad}' y='{height - 4}'>loss over {len(losses)} steps</text></svg>"
+    )
+
+
+class TuneWidget(Callback):
+    """An ipywidgets view of one training run."""
+
+    def __init__(self, display=None):
+        import ipywidgets as w
+
+        self._display = display
+        self.bar = w.IntProgress(value=0, min=0, max=1, description="tune", bar_style="info",
+                                 layout=w.Layout(width="360px"))
+        self.status = w.HTML("starting…")
+        self.curve = w.HTML(loss_svg([]))
+        self.box = w.VBox([w.HBox([self.bar, self.status]), self.curve])
+        self.box.add_class("nbkit-tune-widget")
+        self.losses: list[float] = []
+        self._drawn = 0.0
+
+    def on_begin(self, e: Begin) -> None:
+        self.bar.max = max(e.total_steps, 1)
+        self.bar.value = e.resumed_from
+        self.bar.description = e.run_name[:12]
+        note = f"; {e.truncated} truncated" if e.truncated else ""
+        self.status.value = (f"{html.escape(e.method)} on {html.escape(e.model)}: {e.examples} examples, "
+                             f"{e.total_steps} steps, {e.trainable_parameters:,} trainable parameters{note}")
+        if self._display is not None:
+            self._display(self.box)
+
+    def on_step(self, e: Step) -> None:
+        self.losses.append(e.loss)
+        self.bar.value = e.step
+        self.status.value = (f"step {e.step}/{e.total_steps} · epoch {e.epoch:.2f} · loss {e.loss:.4f} · "
+                             f"{e.tokens_per_second:.0f} tok/s · ETA {fmt_seconds(e.eta)}")
+        now = time.monotonic()
+        if now - self._drawn > 0.5 or e.step == e.total_steps:  # a redraw per step floods slow frontends
+            self.curve.value = loss_svg(self.losses)
+            self._drawn = now
+
+    def on_end(self, e: End) -> None:
+        self.curve.value = loss_svg(self.losses)
+        self.bar.bar_style = {"completed": "success", "interrupted": "warning"}.get(e.status, "danger")
+        loss = e.metrics.get("train_loss")
+        loss = f" · final loss {loss:.4f}" if isinstance(loss, float) else ""
+        error = f" · {html.escape(e.error)}" if e.error else ""
+        self.status.value = f"<b>{e.status}</b> after {e.steps} steps in {fmt_seconds(e.elapsed)}{loss}{error}"

@@ -1,0 +1,49 @@
+"""The ``nbkit`` command: ``nbkit run NOTEBOOK -p key value …``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import NbkitError
+
+
+def _run(args) -> int:
+    from .jobs import parse_value, run_notebook
+
+    parameters = {k: parse_value(v) for k, v in args.parameter}
+    print(f"nbkit: running {args.notebook} {' '.join(f'{k}={v!r}' for k, v in parameters.items())}", flush=True)
+    job = run_notebook(args.notebook, parameters, jobs_dir=args.jobs_dir, kernel=args.kernel)
+    print(f"nbkit: done in {job.seconds:.0f}s; executed notebook: {job.output}")
+    for report in job.reports():
+        info = report["info"]
+        print(f"\nevaluation on {info['data']} [{info['split']}], {info['rows']} rows, {info['scoring']}:")
+        print(_table(report["results"], info["metrics"]))
+    return 0
+
+
+def _table(results: dict, metrics: list[str]) -> str:
+    names = list(results)
+    width = max([len("target")] + [len(n) for n in names])
+    lines = ["  " + "target".ljust(width) + "".join(f"{m:>13}" for m in metrics)]
+    for name in names:
+        cells = "".join(f"{results[name].get(m, float('nan')):>13.3f}" for m in metrics)
+        lines.append("  " + name.ljust(width) + cells)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="nbkit", description="nbkit: notebooks as jobs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute a notebook with papermill into a job folder")
+    run.add_argument("notebook")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="set a parameter of the notebook's parameters cell (repeatable)")
+    run.add_argument("--jobs-dir", default="jobs", help="where job folders go (default ./jobs)")
+    run.add_argument("--kernel", help="kernel name (default: this Python)")
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except NbkitError as e:
+        print(f"nbkit: error: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,163 @@
+"""Data specs → ``datasets.DatasetDict`` with ``train`` and ``test`` splits.
+
+A spec is ``sample:NAME`` (shipped in the package), a file (``.csv``,
+``.jsonl``, ``.json``, ``.parquet``), ``hf:ID[:CONFIG]`` (the hub, when online),
+the name of a notebook variable, or the object itself (pandas DataFrame, list
+of dicts, ``datasets.Dataset`` or ``DatasetDict``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import DataError, UnknownNameError
+
+FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+# A data set without a test split is split like this, always the same way.
+TEST_FRACTION, SPLIT_SEED = 0.2, 0
+
+
+def samples_dir() -> Path:
+    return Path(str(resources.files("nbkit") / "samples"))
+
+
+def available_samples() -> list[str]:
+    """Names usable as ``sample:NAME``."""
+    return sorted(p.name for p in samples_dir().iterdir() if (p / "train.jsonl").exists())
+
+
+def load_data(spec: Any, namespace: Mapping[str, Any] | None = None, split: str | None = None):
+    """Load a data set from a spec.
+
+    Args:
+        spec: ``sample:NAME``, a file path, ``hf:ID[:CONFIG]``, a variable name found in
+            ``namespace``, or a DataFrame / list of dicts / ``Dataset`` / ``DatasetDict``.
+        namespace: where variable names are looked up (the notebook's user namespace).
+        split: return only this split (a ``Dataset``) instead of the ``DatasetDict``.
+
+    Returns:
+        A ``DatasetDict`` with at least ``train`` and ``test``, or one split.
+    """
+    data = _with_test_split(_resolve(spec, namespace or {}))
+    for name, part in data.items():
+        if len(part) == 0:
+            raise DataError(f"the {name!r} split of {_describe(spec)} is empty")
+    if split is None:
+        return data
+    if split not in data:
+        raise UnknownNameError("split", split, data.keys())
+    return data[split]
+
+
+def _describe(spec) -> str:
+    return repr(spec) if isinstance(spec, str) else f"the {type(spec).__name__} passed in"
+
+
+def _resolve(spec: Any, namespace: Mapping[str, Any]):
+    import datasets
+
+    if not isinstance(spec, str):
+        return _from_object(spec, _describe(spec))
+    if spec.startswith("sample:"):
+        return _from_sample(spec[len("sample:"):])
+    if spec.startswith("hf:"):
+        return _from_hub(spec[len("hf:"):])
+    path = Path(spec).expanduser()
+    if path.suffix.lower() in FILE_SUFFIXES:
+        if not path.exists():
+            raise DataError(f"data file {spec!r} not found (looked in {path.resolve().parent})")
+        return datasets.DatasetDict(_read_file(path))
+    if spec in namespace:
+        return _from_object(namespace[spec], f"variable {spec!r}")
+    raise UnknownNameError(
+        "data", spec, [f"sample:{s}" for s in available_samples()],
+        f"Data can also be a file ({', '.join(FILE_SUFFIXES)}), hf:ID, or the name of a notebook variable",
+    )
+
+
+def _from_sample(name: str):
+    import datasets
+
+    folder = samples_dir() / name
+    if not (folder / "train.jsonl").exists():
+        raise UnknownNameError("sample data set", name, available_samples())
+    return datasets.DatasetDict({f.stem: _read_file(f)["train"] for f in sorted(folder.glob("*.jsonl"))})
+
+
+def _from_hub(ident: str):
+    import datasets
+
+    repo, _, config = ident.partition(":")
+    try:
+        return datasets.load_dataset(repo, config or None)
+    except Exception as e:  # offline, unknown id, gated: all user-facing
+        raise DataError(f"could not load hf:{ident} from the hub ({type(e).__name__}: {e}); it needs network access") from None
+
+
+def _read_file(path: Path) -> dict:
+    import datasets
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path)
+        elif suffix == ".jsonl":
+            frame = pd.read_json(path, lines=True)
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:  # .json: a list of records, or {"train": [...], "test": [...]}
+            content = json.loads(path.read_text())
+            if isinstance(content, dict):
+                return {k: datasets.Dataset.from_list(v) for k, v in content.items()}
+            frame = pd.DataFrame(content)
+    except (ValueError, OSError) as e:
+        raise DataError(f"could not read {str(path)!r}: {e}") from None
+    return {"train": datasets.Dataset.from_pandas(frame, preserve_index=False)}
+
+
+def _from_object(obj: Any, what: str):
+    import datasets
+    import pandas as pd
+
+    if isinstance(obj, datasets.DatasetDict):
+        return obj
+    if isinstance(obj, datasets.Dataset):
+        return datasets.DatasetDict({"train": obj})
+    if isinstance(obj, pd.DataFrame):
+        return datasets.DatasetDict({"train": datasets.Dataset.from_pandas(obj, preserve_index=False)})
+    if isinstance(obj, (list, tuple)) and all(isinstance(r, Mapping) for r in obj):
+        if not obj:
+            raise DataError(f"{what} is an empty list")
+        return datasets.DatasetDict({"train": datasets.Dataset.from_list(list(obj))})
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, (list, pd.DataFrame, datasets.Dataset)) for v in obj.values()):
+        return datasets.DatasetDict({k: _from_object(v, f"{what}[{k!r}]")["train"] for k, v in obj.items()})
+    raise DataError(
+        f"{what} is a {type(obj).__name__}; data must be a pandas DataFrame, a list of dicts, "
+        "a datasets.Dataset or DatasetDict"
+    )
+
+
+def _with_test_split(data):
+    import datasets
+
+    if "test" in data or "train" not in data:
+        if "train" not in data:
+            raise DataError(f"the data has no 'train' split; splits: {', '.join(data)}")
+        return data
+    if len(data["train"]) < 2:
+        raise DataError(f"the data has {len(data['train'])} row(s); at least 2 are needed to split off a test set")
+    parts = data["train"].train_test_split(test_size=TEST_FRACTION, seed=SPLIT_SEED)
+    return datasets.DatasetDict({**data, "train": parts["train"], "test": parts["test"]})
+
+
+def fingerprint(dataset) -> str:
+    """A short content hash of a split, stored with a run to tell what it saw."""
+    digest = hashlib.sha256()
+    for row in dataset:
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]

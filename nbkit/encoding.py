@@ -1,0 +1,63 @@
+"""Turning (prompt, row) into token ids: one place, shared by training and scoring.
+
+The context (system, shots, instruction, chat markup) and the completion (the
+rendered target plus the end-of-turn token) are tokenized separately and
+concatenated, so the boundary the model is trained on is exactly the one it is
+scored on.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from .prompts import Prompt
+
+
+def end_text(tokenizer) -> str:
+    """What ends a completion: the end-of-turn / end-of-sequence token."""
+    return tokenizer.eos_token or ""
+
+
+def encode(prompt: Prompt, row: Mapping, tokenizer, shots: Sequence[Mapping] = (), target: str | None = None):
+    """Token ids of the context and of the completion for ``row``.
+
+    Args:
+        prompt: the prompt (its target must be set unless ``target`` is given).
+        row: the example.
+        tokenizer: the model's tokenizer.
+        shots: solved examples placed before the row.
+        target: the completion text to use instead of the rendered target (a choice).
+
+    Returns:
+        ``(context_ids, completion_ids)``; the completion ends with the end token.
+    """
+    context = prompt.format(row, tokenizer, shots)
+    text = prompt.render_target(row) if target is None else target
+    completion = prompt.completion(text, tokenizer) + end_text(tokenizer)
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    comp = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return ctx, comp
+
+
+def encode_context(prompt: Prompt, row: Mapping, tokenizer, shots: Sequence[Mapping] = ()) -> list[int]:
+    return tokenizer(prompt.format(row, tokenizer, shots), add_special_tokens=False)["input_ids"]
+
+
+def encode_choice(prompt: Prompt, choice: str, tokenizer) -> list[int]:
+    """Ids of one label word as it follows the context (without the end token)."""
+    return tokenizer(prompt.completion(choice, tokenizer), add_special_tokens=False)["input_ids"]
+
+
+def training_example(prompt: Prompt, row: Mapping, tokenizer, max_length: int, shots: Sequence[Mapping] = ()):
+    """``input_ids``/``labels`` with the loss on the completion only, and whether it was cut.
+
+    Too-long examples lose the start of their context, never their completion:
+    the instruction tail and the answer are what the model must learn.
+    """
+    ctx, comp = encode(prompt, row, tokenizer, shots)
+    truncated = len(ctx) + len(comp) > max_length
+    if truncated:
+        comp = comp[:max_length]
+        ctx = ctx[len(ctx) - (max_length - len(comp)):] if max_length > len(comp) else []
+    ids = ctx + comp
+    return {"input_ids": ids, "labels": [-100] * len(ctx) + comp, "length": len(ids)}, truncated

@@ -1,0 +1,285 @@
+"""``nbkit.evaluate`` and ``nbkit.generate``: measure prompts and tuned runs side by side.
+
+Targets are prompts (zero-/few-shot on the base model) and runs (the prompt a
+run was trained with, on its base model with its adapter). Targets that share a
+base model share one loaded copy; adapters are swapped onto it, not reloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from .data import load_data
+from .encoding import encode_choice, encode_context
+from .errors import ConfigError, DataError, NbkitError
+from .methods import get_method
+from .models import DEFAULT_MODEL, load_model
+from .prompts import Prompt, get_prompt
+from .runs import Run, get_run
+
+CLASSIFICATION_METRICS = ("accuracy", "f1")
+GENERATION_METRICS = ("exact_match",)
+
+
+@dataclass
+class Target:
+    label: str
+    prompt: Prompt
+    run: Run | None
+    model: str
+    quantize: str | None
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _targets(prompts, runs, model, namespace) -> list[Target]:
+    targets = []
+    for p in _as_list(prompts):
+        p = get_prompt(p)
+        targets.append(Target(p.name, p, None, model or DEFAULT_MODEL, None))
+    for r in _as_list(runs):
+        run = get_run(r, namespace)
+        if not run.has_adapter():
+            raise NbkitError(f"run {run.name!r} has no adapter (status: {run.status}); it did not finish training")
+        config = run.config
+        if model and model != config.get("model"):
+            raise ConfigError("model", f"is {model!r} but run {run.name!r} was trained on {config.get('model')!r}; "
+                              "an adapter only fits the base model it was trained with")
+        p = Prompt.from_dict(run.prompt)
+        quantize = get_method(config.get("method", "lora")).quantize
+        targets.append(Target(f"{p.name} + {run.name}", p, run, config.get("model", DEFAULT_MODEL), quantize))
+    if not targets:
+        raise ConfigError("prompt", "nothing to evaluate: give at least one --prompt or --run")
+    return targets
+
+
+def _metrics_for(prompt: Prompt, metric) -> list[str]:
+    allowed = CLASSIFICATION_METRICS if prompt.choices else GENERATION_METRICS
+    chosen = _as_list(metric) or list(allowed)
+    for m in chosen:
+        if m not in allowed:
+            kind = "a classification prompt (with choices)" if prompt.choices else "a free-text prompt"
+            raise ConfigError("metric", f"{m!r} does not fit {kind} {prompt.name!r}; use one of: {', '.join(allowed)}")
+    return chosen
+
+
+def evaluate(
+    prompt: Prompt | str | Sequence | None = None,
+    run: Run | str | Sequence | None = None,
+    data: Any = None,
+    *,
+    model: str | None = None,
+    split: str = "test",
+    metric: str | Sequence[str] | None = None,
+    limit: int | None = None,
+    scoring: str = "sum",
+    batch_size: int = 16,
+    namespace: Mapping[str, Any] | None = None,
+):
+    """Evaluate prompts and tuned runs on one split; one row per target.
+
+    Args:
+        prompt: a prompt, its name, or a list of them (zero-/few-shot on the base model).
+        run: a run, its name or directory, or a list (the run's own prompt, with its adapter).
+        data: data spec; defaults to the data the (first) run was trained on.
+        model: base model for prompt targets (runs use the model they were trained on).
+        split: which split to score; ``test`` by default.
+        metric: ``accuracy``/``f1`` for prompts with choices, ``exact_match`` for free text.
+        limit: score only the first ``limit`` rows.
+        scoring: ``sum`` (log-likelihood of the label) or ``mean`` (length-normalised).
+        batch_size: sequences per forward pass.
+        namespace: where a data variable name is looked up.
+
+    Returns:
+        A :class:`nbkit.results.Report`.
+    """
+    import pandas as pd
+
+    from .results import Report
+
+    if scoring not in ("sum", "mean"):
+        raise ConfigError("scoring", f"must be 'sum' or 'mean', got {scoring!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise ConfigError("limit", f"must be a positive integer, got {limit!r}")
+    targets = _targets(prompt, run, model, namespace)
+    if data is None:
+        data = next((t.run.config.get("data") for t in targets if t.run is not None), None)
+        if data is None or str(data).startswith("<"):
+            raise ConfigError("data", "is needed: which data should the prompts be evaluated on?")
+    splits = load_data(data, namespace)
+    if split not in splits:
+        raise ConfigError("split", f"{split!r} is not in the data; splits: {', '.join(splits)}")
+    rows = list(splits[split])[:limit]
+    train_rows = list(splits["train"])
+    metric_names: list[str] = []
+    prepared = []
+    for t in targets:  # check every target before any scoring starts
+        p = t.prompt.resolve_target(splits[split].column_names)
+        p.check(splits[split].column_names)
+        names = _metrics_for(p, metric)
+        metric_names += [m for m in names if m not in metric_names]
+        prepared.append((t, p, names))
+
+    results, predictions, errors, seconds = {}, {}, {}, {}
+    for t, p, names in prepared:
+        started = time.monotonic()
+        try:
+            loaded = load_model(t.model, quantize=t.quantize)
+            with loaded.adapter(t.run.adapter_path if t.run else None) as lm:
+                frame = _predict(lm, loaded.tokenizer, p, rows, train_rows, scoring, batch_size)
+        except NbkitError:
+            raise
+        except Exception as e:  # keep the finished targets; report this one
+            errors[t.label] = f"{type(e).__name__}: {e}"
+            continue
+        scores = compute_metrics(frame, names, p.choices)
+        results[t.label] = {**scores, "n": len(frame)}
+        seconds[t.label] = round(time.monotonic() - started, 2)
+        predictions[t.label] = frame
+    table = pd.DataFrame.from_dict(results, orient="index")
+    table.index.name = "target"
+    info = {
+        "data": data if isinstance(data, str) else f"<{type(data).__name__}>", "split": split, "rows": len(rows),
+        "metrics": metric_names, "errors": errors, "seconds": seconds,
+        "scoring": f"label log-likelihood ({scoring})" if any(p.choices for _, p, _ in prepared) else "greedy generation",
+    }
+    report = Report(table, predictions, info)
+    _save(report, [t.run for t in targets if t.run is not None])
+    return report
+
+
+def _predict(lm, tokenizer, prompt: Prompt, rows, train_rows, scoring: str, batch_size: int):
+    import pandas as pd
+
+    from .inference import generate, score_choices
+
+    shots = [prompt.pick_shots(train_rows, seed=i) for i in range(len(rows))]
+    contexts = [encode_context(prompt, row, tokenizer, s) for row, s in zip(rows, shots)]
+    expected = [prompt.render_target(row) for row in rows]
+    if prompt.choices:
+        unknown = sorted({e for e in expected if e not in prompt.choices})
+        if unknown:
+            raise DataError(f"the data has label(s) {', '.join(map(repr, unknown))} that are not among the "
+                            f"choices of prompt {prompt.name!r}: {', '.join(prompt.choices)}")
+        choice_ids = [encode_choice(prompt, c, tokenizer) for c in prompt.choices]
+        empty = [c for c, ids in zip(prompt.choices, choice_ids) if not ids]
+        if empty:
+            raise ConfigError("choices", f"{empty[0]!r} tokenizes to nothing")
+        scores = score_choices(lm, tokenizer.pad_token_id, contexts, choice_ids, batch_size, normalize=scoring == "mean")
+        outputs = [prompt.choices[k] for k in scores.argmax(axis=1)]
+    else:
+        longest = max(len(tokenizer(e, add_special_tokens=False)["input_ids"]) for e in expected)
+        outputs = generate(lm, tokenizer, contexts, max_new_tokens=longest + 16, batch_size=max(1, batch_size // 2))
+    inputs = [prompt.render(row) for row in rows]
+    return pd.DataFrame({"input": inputs, "output": outputs, "expected": expected,
+                         "correct": [normalize(o) == normalize(e) for o, e in zip(outputs, expected)]})
+
+
+def normalize(text: str) -> str:
+    """Lower case, no punctuation, single spaces: exact match forgives formatting only."""
+    import string
+
+    text = str(text).lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(text.split())
+
+
+def compute_metrics(frame, names: Sequence[str], labels: Sequence[str] | None = None) -> dict:
+    """Metric values from a predictions frame (``output``, ``expected``, ``correct``)."""
+    out = {}
+    for name in names:
+        if name in ("accuracy", "exact_match"):
+            out[name] = float(frame["correct"].mean()) if len(frame) else float("nan")
+        elif name == "f1":
+            out[name] = macro_f1(list(frame["expected"]), list(frame["output"]), labels)
+    return out
+
+
+def macro_f1(expected: Sequence[str], predicted: Sequence[str], labels: Sequence[str] | None = None) -> float:
+    """Unweighted mean of per-class F1 over ``labels`` (default: the labels that occur)."""
+    labels = list(labels or sorted(set(expected) | set(predicted)))
+    scores = []
+    for label in labels:
+        tp = sum(e == label and p == label for e, p in zip(expected, predicted))
+        fp = sum(e != label and p == label for e, p in zip(expected, predicted))
+        fn = sum(e == label and p != label for e, p in zip(expected, predicted))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
+def _save(report, runs: Sequence[Run]) -> None:
+    """Keep the report where jobs collect it: each run's folder and ``$NBKIT_JOB_DIR``."""
+    for run in runs:
+        report.save(run.path / "evaluations")
+    if os.environ.get("NBKIT_JOB_DIR"):
+        report.save(os.path.join(os.environ["NBKIT_JOB_DIR"], "reports"))
+
+
+def generate(
+    prompt: Prompt | str,
+    data: Any = None,
+    *,
+    model: str | None = None,
+    adapter: Run | str | None = None,
+    split: str = "test",
+    limit: int = 5,
+    max_new_tokens: int = 64,
+    namespace: Mapping[str, Any] | None = None,
+):
+    """Render ``prompt`` on ``limit`` rows and generate; with no data, send the text as it is.
+
+    Args:
+        prompt: a prompt or its name.
+        data: data spec; ``None`` for a template without variables (a chat cell).
+        model: base model spec (defaults to the adapter's, else the embedded model).
+        adapter: a run whose adapter is applied.
+        split: which split the rows come from.
+        limit: how many rows.
+        max_new_tokens: the longest output.
+        namespace: where a data variable name is looked up.
+
+    Returns:
+        A :class:`nbkit.results.Generations` with input, output and expected (when known).
+    """
+    import pandas as pd
+
+    from .inference import generate as generate_ids
+    from .results import Generations
+
+    prompt = get_prompt(prompt)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise ConfigError("limit", f"must be a positive integer, got {limit!r}")
+    run = get_run(adapter, namespace) if adapter is not None else None
+    quantize = None
+    if run is not None:
+        if model and model != run.config.get("model"):
+            raise ConfigError("model", f"is {model!r} but run {run.name!r} was trained on {run.config.get('model')!r}")
+        model, quantize = run.config.get("model"), get_method(run.config.get("method", "lora")).quantize
+    if data is None:
+        if prompt.variables:
+            raise ConfigError("data", f"is needed: prompt {prompt.name!r} uses {', '.join(sorted(prompt.variables))}")
+        rows, train_rows = [{}], []
+    else:
+        splits = load_data(data, namespace)
+        if split not in splits:
+            raise ConfigError("split", f"{split!r} is not in the data; splits: {', '.join(splits)}")
+        prompt.check(splits[split].column_names)
+        rows, train_rows = list(splits[split])[:limit], list(splits["train"])
+    loaded = load_model(model or DEFAULT_MODEL, quantize=quantize)
+    tok = loaded.tokenizer
+    shots = [prompt.pick_shots(train_rows, seed=i) for i in range(len(rows))] if train_rows else [[] for _ in rows]
+    contexts = [encode_context(prompt, row, tok, s) for row, s in zip(rows, shots)]
+    with loaded.adapter(run.adapter_path if run else None) as lm:
+        outputs = generate_ids(lm, tok, contexts, max_new_tokens=max_new_tokens)
+    frame = pd.DataFrame({"input": [prompt.render(r) for r in rows], "output": outputs})
+    if data is not None and prompt.target is not None or (data is not None and "label" in rows[0]):
+        p = prompt.resolve_target(rows[0].keys())
+        frame["expected"] = [p.render_target(r) for r in rows]
+    label = f"{prompt.name} + {run.name}" if run else prompt.name
+    return Generations(frame, label, loaded.name)

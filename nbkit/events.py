@@ -1,0 +1,128 @@
+"""Training progress as events, and the plain-text subscriber.
+
+The core emits; displays subscribe. A widget in ``nbkit.magics`` draws the
+same events live in Jupyter; :class:`PlainProgress` prints a few lines for
+terminals, papermill and CI, where a redrawn bar would scroll.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+
+@dataclass
+class Begin:
+    """Training starts."""
+
+    run_name: str
+    run_path: str
+    model: str
+    method: str
+    total_steps: int
+    epochs: float
+    examples: int
+    trainable_parameters: int
+    total_parameters: int
+    truncated: int = 0  # examples cut to max_length; reported, never silent
+    resumed_from: int = 0
+
+
+@dataclass
+class Step:
+    """One optimizer step finished."""
+
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    learning_rate: float
+    tokens_per_second: float
+    elapsed: float
+    eta: float
+
+
+@dataclass
+class End:
+    """Training ended: ``status`` is completed, interrupted or failed."""
+
+    status: str
+    elapsed: float
+    steps: int
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+    run: object = None
+
+
+class Callback:
+    """Base class of progress subscribers; override what you need."""
+
+    def on_begin(self, event: Begin) -> None: ...
+
+    def on_step(self, event: Step) -> None: ...
+
+    def on_end(self, event: End) -> None: ...
+
+
+class Emitter(Callback):
+    """Fans events out to several subscribers."""
+
+    def __init__(self, callbacks: Sequence[Callback]):
+        self.callbacks = list(callbacks)
+
+    def on_begin(self, event):
+        for cb in self.callbacks:
+            cb.on_begin(event)
+
+    def on_step(self, event):
+        for cb in self.callbacks:
+            cb.on_step(event)
+
+    def on_end(self, event):
+        for cb in self.callbacks:
+            cb.on_end(event)
+
+
+def fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class PlainProgress(Callback):
+    """A few plain lines: the start, about ``lines`` progress lines, the end."""
+
+    def __init__(self, lines: int = 4, stream=None):
+        self.lines, self.stream = lines, stream
+        self._next = 0.0
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream or sys.stdout, flush=True)
+
+    def on_begin(self, e: Begin) -> None:
+        resumed = f", resuming at step {e.resumed_from}" if e.resumed_from else ""
+        self._print(
+            f"tune {e.run_name}: {e.method} on {e.model}, {e.examples} examples, {e.total_steps} steps{resumed}; "
+            f"{e.trainable_parameters:,} of {e.total_parameters:,} parameters trainable "
+            f"({100 * e.trainable_parameters / max(e.total_parameters, 1):.2f}%)"
+        )
+        if e.truncated:
+            self._print(f"  note: {e.truncated} example(s) longer than max_length were truncated")
+        self._next = 1 / self.lines
+        self._started = time.monotonic()
+
+    def on_step(self, e: Step) -> None:
+        if e.step / max(e.total_steps, 1) + 1e-9 < self._next and e.step != e.total_steps:
+            return
+        while self._next <= e.step / max(e.total_steps, 1):
+            self._next += 1 / self.lines
+        self._print(
+            f"  step {e.step}/{e.total_steps}  epoch {e.epoch:.2f}  loss {e.loss:.4f}  "
+            f"{e.tokens_per_second:.0f} tok/s  elapsed {fmt_seconds(e.elapsed)}  eta {fmt_seconds(e.eta)}"
+        )
+
+    def on_end(self, e: End) -> None:
+        where = f" -> {e.run.path}" if e.run is not None else ""
+        detail = f": {e.error}" if e.error else ""
+        self._print(f"tune {e.status} after {e.steps} steps in {fmt_seconds(e.elapsed)}{detail}{where}")

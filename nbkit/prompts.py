@@ -1,0 +1,204 @@
+"""Prompts: named Jinja2 templates, rendered safely, formatted for a model.
+
+A :class:`Prompt` holds the instruction template, the template of the expected
+completion (``target``), optional label words (``choices``), an optional
+system message and a number of few-shot examples. It knows nothing of torch;
+``format`` only needs a tokenizer-like object for chat models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import jinja2
+import jinja2.meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from .errors import ConfigError, TemplateError, UnknownNameError
+
+# Sandboxed: templates come from notebooks and run files that may be shared;
+# StrictUndefined: a misspelt variable must fail, not render as "".
+_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+
+
+def _compile(source: str, what: str) -> jinja2.Template:
+    try:
+        return _ENV.from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"{what} has a syntax error on line {e.lineno}: {e.message}", line=e.lineno) from None
+
+
+def _variables(source: str) -> set[str]:
+    return set(jinja2.meta.find_undeclared_variables(_ENV.parse(source)))
+
+
+@dataclass
+class Prompt:
+    """A prompt template and what is expected back.
+
+    Args:
+        template: Jinja2 text of the instruction, e.g. ``"Review: {{ text }}\\nSentiment:"``.
+        name: the name it is registered under.
+        target: Jinja2 text of the expected completion, e.g. ``"{{ label }}"``. ``None``
+            means ``"{{ label }}"`` when the data has a ``label`` column.
+        choices: label words for classification; evaluation scores each one.
+        system: a system message (chat models) or preamble (plain models).
+        shots: how many solved examples from the training split to show first.
+        chat: use the tokenizer's chat template; ``None`` decides by the tokenizer.
+    """
+
+    template: str
+    name: str = "prompt"
+    target: str | None = None
+    choices: list[str] | None = None
+    system: str | None = None
+    shots: int = 0
+    chat: bool | None = None
+    _compiled: Any = field(default=None, init=False, repr=False, compare=False)
+    _compiled_target: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.template = self.template.strip("\n")
+        if not self.template.strip():
+            raise ConfigError("template", "is empty; write the prompt text in the cell body")
+        if not isinstance(self.shots, int) or self.shots < 0:
+            raise ConfigError("shots", f"must be a non-negative integer, got {self.shots!r}")
+        if self.choices is not None:
+            self.choices = [str(c).strip() for c in self.choices]
+            if len(self.choices) < 2:
+                raise ConfigError("choices", f"needs at least two label words, got {self.choices}")
+            if any(not c for c in self.choices):
+                raise ConfigError("choices", "contains an empty label word")
+            dupes = sorted({c for c in self.choices if self.choices.count(c) > 1})
+            if dupes:
+                raise ConfigError("choices", f"has duplicates: {', '.join(dupes)}")
+        self._compiled = _compile(self.template, f"prompt {self.name!r}")
+        if self.target is not None:
+            self._compiled_target = _compile(self.target, f"target of prompt {self.name!r}")
+
+    # -- what the template needs -------------------------------------------------
+    @property
+    def variables(self) -> set[str]:
+        """Names the template and target read from each row."""
+        names = _variables(self.template)
+        if self.target is not None:
+            names |= _variables(self.target)
+        return names
+
+    def resolve_target(self, columns: Iterable[str]) -> "Prompt":
+        """Return a prompt whose ``target`` is set, defaulting to ``{{ label }}``."""
+        if self.target is not None:
+            return self
+        if "label" not in columns:
+            raise ConfigError(
+                "target", f"is not set for prompt {self.name!r} and the data has no `label` column; "
+                f"pass --target with the expected answer, e.g. --target \"{{{{ {sorted(columns)[0] if columns else 'answer'} }}}}\""
+            )
+        return dataclasses.replace(self, target="{{ label }}")
+
+    def check(self, columns: Iterable[str]) -> None:
+        """Raise :class:`TemplateError` naming any variable the data lacks."""
+        columns = set(columns)
+        missing = sorted(self.variables - columns)
+        if missing:
+            raise TemplateError(
+                f"prompt {self.name!r} uses {{{{ {missing[0]} }}}} but the data has no such column; "
+                f"columns: {', '.join(sorted(columns))}",
+                variable=missing[0],
+            )
+
+    # -- rendering ----------------------------------------------------------------
+    def render(self, row: Mapping[str, Any]) -> str:
+        """The instruction for one row (no chat formatting, no shots)."""
+        return self._render(self._compiled, row).strip()
+
+    def render_target(self, row: Mapping[str, Any]) -> str:
+        """The expected completion for one row."""
+        if self._compiled_target is None:
+            raise ConfigError("target", f"is not set for prompt {self.name!r}")
+        return self._render(self._compiled_target, row).strip()
+
+    def _render(self, template: jinja2.Template, row: Mapping[str, Any]) -> str:
+        try:
+            return template.render(**row)
+        except jinja2.UndefinedError as e:
+            variable = str(e.message).split("'")[1] if "'" in str(e.message) else None
+            raise TemplateError(
+                f"prompt {self.name!r}: {e.message}; the row has: {', '.join(sorted(row))}",
+                variable=variable,
+            ) from None
+
+    def uses_chat(self, tokenizer) -> bool:
+        if self.chat is not None:
+            return self.chat
+        return getattr(tokenizer, "chat_template", None) is not None
+
+    def format(self, row: Mapping[str, Any], tokenizer=None, shots: Sequence[Mapping] = ()) -> str:
+        """The full model input for ``row``: system, solved shots, then the instruction.
+
+        Args:
+            row: the example to render.
+            tokenizer: its chat template is applied when the prompt uses chat.
+            shots: solved examples shown before the row.
+        """
+        if tokenizer is not None and self.uses_chat(tokenizer):
+            messages = [{"role": "system", "content": self.system}] if self.system else []
+            for shot in shots:
+                messages.append({"role": "user", "content": self.render(shot)})
+                messages.append({"role": "assistant", "content": self.render_target(shot)})
+            messages.append({"role": "user", "content": self.render(row)})
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        parts = [self.system] if self.system else []
+        parts += [f"{self.render(s)} {self.render_target(s)}" for s in shots]
+        parts.append(self.render(row))
+        return "\n\n".join(parts)
+
+    def completion(self, text: str, tokenizer=None) -> str:
+        """The completion as it follows the formatted input (a space for plain models)."""
+        if tokenizer is not None and self.uses_chat(tokenizer):
+            return text
+        return " " + text
+
+    def pick_shots(self, pool: Sequence[Mapping], seed: int = 0, exclude: Mapping | None = None) -> list:
+        """``self.shots`` examples drawn deterministically from ``pool``."""
+        if not self.shots:
+            return []
+        candidates = [r for r in pool if r is not exclude and r != exclude]
+        if len(candidates) < self.shots:
+            raise ConfigError("shots", f"asks for {self.shots} examples but the training split has {len(candidates)}")
+        return random.Random(seed).sample(candidates, self.shots)
+
+    # -- persistence --------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "Prompt":
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(unknown[0], f"is not a prompt field; fields: {', '.join(sorted(known))}")
+        return cls(**dict(data))
+
+
+# The session's prompts, by name: %%prompt defines, %tune/%evaluate look up.
+PROMPTS: dict[str, Prompt] = {}
+
+
+def register_prompt(prompt: Prompt) -> Prompt:
+    """Make ``prompt`` available by its name for this session."""
+    PROMPTS[prompt.name] = prompt
+    return prompt
+
+
+def get_prompt(prompt: "Prompt | str") -> Prompt:
+    """A registered prompt by name (or the prompt itself)."""
+    if isinstance(prompt, Prompt):
+        return prompt
+    try:
+        return PROMPTS[prompt]
+    except KeyError:
+        raise UnknownNameError("prompt", prompt, PROMPTS, "define it with %%prompt NAME or nbkit.Prompt(...)") from None

@@ -1,0 +1,183 @@
+"""Run directories: what a tune leaves behind, written so nothing is ever half-done.
+
+``runs/<name>/`` holds:
+
+- ``adapter/``          the adapter in standard PEFT format (``PeftModel.from_pretrained``);
+                        written to a temporary folder and renamed into place, so it is
+                        either complete or absent
+- ``config.json``       the full, validated configuration (sorted keys)
+- ``prompt.json``       the prompt it was trained with
+- ``data.json``         the data spec, row counts and a fingerprint of the training split
+- ``metrics.jsonl``     one line per logged step
+- ``status.json``       running / completed / interrupted / failed, with times and the error
+- ``checkpoints/``      trainer checkpoints for ``--resume``
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import NbkitError, UnknownNameError
+
+
+def runs_dir() -> Path:
+    """Where runs go: ``$NBKIT_RUNS_DIR`` (set by ``nbkit run`` for jobs) or ``./runs``."""
+    return Path(os.environ.get("NBKIT_RUNS_DIR", "runs"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class Run:
+    """A tuning run, as found on disk.
+
+    Attributes:
+        path: the run directory.
+        config: the full configuration it was trained with.
+        metrics: final metrics (loss, time, tokens/s, trainable parameters, …).
+        status: ``running``, ``completed``, ``interrupted`` or ``failed``.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def _read(self, filename: str, default=None):
+        try:
+            return json.loads((self.path / filename).read_text())
+        except FileNotFoundError:
+            return default
+
+    @property
+    def config(self) -> dict:
+        return self._read("config.json", {})
+
+    @property
+    def prompt(self) -> dict:
+        return self._read("prompt.json", {})
+
+    @property
+    def status(self) -> str:
+        return self._read("status.json", {}).get("status", "unknown")
+
+    @property
+    def metrics(self) -> dict:
+        return self._read("status.json", {}).get("metrics", {})
+
+    @property
+    def history(self) -> list[dict]:
+        try:
+            lines = (self.path / "metrics.jsonl").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    @property
+    def adapter_path(self) -> Path:
+        return self.path / "adapter"
+
+    def has_adapter(self) -> bool:
+        return (self.adapter_path / "adapter_config.json").exists()
+
+    def __repr__(self):
+        loss = self.metrics.get("train_loss")
+        loss = f", loss {loss:.4f}" if isinstance(loss, float) else ""
+        return f"<nbkit.Run {self.name} ({self.status}{loss}) at {self.path}>"
+
+    def _repr_html_(self):
+        m, c = self.metrics, self.config
+        rows = [
+            ("status", self.status), ("path", str(self.path)), ("model", c.get("model")),
+            ("method", c.get("method")), ("steps", m.get("steps")),
+            ("train loss", _fmt(m.get("train_loss"))), ("time", _fmt(m.get("train_seconds"), "s")),
+            ("tokens/s", _fmt(m.get("tokens_per_second"), digits=0)),
+            ("trainable parameters", f"{m['trainable_parameters']:,}" if "trainable_parameters" in m else None),
+        ]
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+            for k, v in rows if v is not None
+        )
+        return f"<div class='nbkit-run'><b>nbkit run {html.escape(self.name)}</b><table>{body}</table></div>"
+
+    # -- writing (used by training) ---------------------------------------------
+    @classmethod
+    def create(cls, name: str, overwrite: bool = False, resume: bool = False, root: Path | None = None) -> "Run":
+        from .errors import RunExistsError
+
+        path = (root or runs_dir()) / name
+        if path.exists() and not resume:
+            if not overwrite:
+                raise RunExistsError(path)
+            shutil.rmtree(path)
+        if resume and not path.exists():
+            raise UnknownNameError("run to resume", name, available_runs(root), "")
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    def set_status(self, status: str, **extra) -> None:
+        data = self._read("status.json", {})
+        data.update(status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
+        write_json(self.path / "status.json", data)
+
+    def append_metrics(self, row: Mapping) -> None:
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(dict(row), sort_keys=True) + "\n")
+
+    def save_adapter(self, model) -> None:
+        """Save ``model``'s adapter atomically into ``adapter/``."""
+        tmp = self.path / ".adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        old = self.path / ".adapter.old"
+        if self.adapter_path.exists():
+            os.replace(self.adapter_path, old)
+        os.replace(tmp, self.adapter_path)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fmt(value, unit: str = "", digits: int = 4):
+    if not isinstance(value, (int, float)):
+        return None
+    return f"{value:.{digits}f}{unit}" if digits else f"{value:,.0f}{unit}"
+
+
+# Runs made or loaded in this session, by name.
+RUNS: dict[str, Run] = {}
+
+
+def available_runs(root: Path | None = None) -> list[str]:
+    root = root or runs_dir()
+    found = {p.name for p in root.iterdir() if (p / "config.json").exists()} if root.is_dir() else set()
+    return sorted(found | set(RUNS))
+
+
+def get_run(spec: Any, namespace: Mapping[str, Any] | None = None) -> Run:
+    """A run from a :class:`Run`, a variable name, a run name or a directory."""
+    if isinstance(spec, Run):
+        return spec
+    spec = str(spec)
+    namespace = namespace or {}
+    if isinstance(namespace.get(spec), Run):
+        return namespace[spec]
+    if spec in RUNS:
+        return RUNS[spec]
+    for path in (runs_dir() / spec, Path(spec).expanduser()):
+        if (path / "config.json").exists():
+            run = Run(path)
+            if not run.has_adapter():
+                raise NbkitError(f"run {run.name!r} has no adapter (status: {run.status}); it did not finish training")
+            return run
+    raise UnknownNameError("run", spec, available_runs(), "A run can also be a run directory or a variable holding a Run")
