@@ -12,7 +12,8 @@ import re
 import shlex
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
 from .progress import progress_mode
@@ -42,6 +43,14 @@ def _csv(value: str | None) -> list[str] | None:
 @magics_class
 class NbkitMagics(Magics):
     """The nbkit magics; registered by ``%load_ext nbkit``."""
+
+    def _parse(self, magic, line: str):
+        """Arguments of ``magic`` from ``line``: ``$var`` expanded, quotes removed shell-style."""
+        try:
+            words = shlex.split(expand(line, self.shell.user_ns))
+        except ValueError as e:  # an unbalanced quote
+            raise UsageError(f"{e} in: {line}") from None
+        return magic.parser.parse_args(words)
 
     def _bind(self, name: str | None, value):
         if name:
@@ -76,7 +85,7 @@ class NbkitMagics(Magics):
         """
         from nbkit.prompts import Prompt, register_prompt
 
-        args = parse_argstring(self.prompt, expand(line, self.shell.user_ns))
+        args = self._parse(self.prompt, line)
         prompt = register_prompt(Prompt(
             cell, name=args.name, target=args.target, choices=_csv(args.choices),
             system=args.system, shots=args.shots,
@@ -122,7 +131,7 @@ class NbkitMagics(Magics):
         from nbkit.events import PlainProgress
         from nbkit.training import tune
 
-        args = parse_argstring(self.tune, expand(line, self.shell.user_ns))
+        args = self._parse(self.tune, line)
         mode = progress_mode(args.progress)
         if mode == "widget":
             from .widgets import TuneWidget
@@ -158,7 +167,7 @@ class NbkitMagics(Magics):
         """Evaluate prompts and tuned runs side by side; returns a Report."""
         from nbkit.evaluation import evaluate
 
-        args = parse_argstring(self.evaluate, expand(line, self.shell.user_ns))
+        args = self._parse(self.evaluate, line)
         report = evaluate(
             args.prompt, args.run, args.data, model=args.model, split=args.split, metric=args.metric,
             limit=args.limit, scoring=args.scoring, batch_size=args.batch_size, namespace=self.shell.user_ns,
@@ -172,7 +181,7 @@ class NbkitMagics(Magics):
     @line_magic
     def nbkit(self, line):
         """List the session's prompts, runs and loaded models, or print help."""
-        args = parse_argstring(self.nbkit, expand(line, self.shell.user_ns))
+        args = self._parse(self.nbkit, line)
         if args.what == "help":
             print(HELP)
             return

@@ -18,12 +18,16 @@ def score_choices(model, pad_id: int, contexts: Sequence[list[int]], choices: Se
                   batch_size: int = 16, normalize: bool = False):
     """Log-likelihood of every choice after every context.
 
+    Each context is run once: its key/value cache is shared by all choices, so
+    scoring C label words costs one pass over the inputs plus C short passes
+    over the label tokens, not C passes over everything.
+
     Args:
-        model: a causal LM (``logits`` output).
+        model: a causal LM (``logits`` and ``past_key_values`` outputs).
         pad_id: the padding token id.
         contexts: token ids of each example's input.
         choices: token ids of each label word, as it follows the input.
-        batch_size: sequences per forward pass.
+        batch_size: contexts per forward pass.
         normalize: divide by the choice's token count (length-normalised log-likelihood).
 
     Returns:
@@ -33,25 +37,49 @@ def score_choices(model, pad_id: int, contexts: Sequence[list[int]], choices: Se
     import torch
 
     device = next(model.parameters()).device
-    items = [(i, j, list(ctx) + list(ch), len(ctx), len(ch)) for i, ctx in enumerate(contexts) for j, ch in enumerate(choices)]
-    order = sorted(range(len(items)), key=lambda k: len(items[k][2]))
-    scores = np.zeros((len(contexts), len(choices)))
+    n_choices, longest = len(choices), max(len(c) for c in choices)
+    # all but the last choice token are fed through the cache (the context predicts the first)
+    tail = torch.full((n_choices, max(longest - 1, 1)), pad_id, dtype=torch.long)
+    tail_mask = torch.zeros_like(tail)
+    for j, ch in enumerate(choices):
+        tail[j, :len(ch) - 1] = torch.tensor(ch[:-1], dtype=torch.long)
+        tail_mask[j, :len(ch) - 1] = 1
+    order = sorted(range(len(contexts)), key=lambda k: len(contexts[k]))
+    scores = np.zeros((len(contexts), n_choices))
     with torch.inference_mode():
         for batch in _batches(order, batch_size):
-            width = max(len(items[k][2]) for k in batch)
+            width = max(len(contexts[k]) for k in batch)
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
+            for b, k in enumerate(batch):  # left padding: every context ends at the same column
+                n = len(contexts[k])
+                ids[b, width - n:] = torch.tensor(contexts[k])
+                mask[b, width - n:] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                        position_ids=positions.to(device), use_cache=longest > 1)
+            first = out.logits[:, -1].float().log_softmax(-1).cpu()  # predicts each choice's first token
+            rest = None
+            if longest > 1:
+                # transformers >= 5.2x calls the cache `cache`; earlier 5.x `past_key_values`
+                key = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
+                cache = getattr(out, key)
+                cache.batch_repeat_interleave(n_choices)
+                rows = len(batch) * n_choices
+                step_ids = tail.repeat(len(batch), 1)
+                step_mask = torch.cat([mask.repeat_interleave(n_choices, 0), tail_mask.repeat(len(batch), 1)], 1)
+                start = positions[:, -1:].repeat_interleave(n_choices, 0) + 1
+                step_pos = start + torch.arange(step_ids.shape[1])
+                rest = model(input_ids=step_ids.to(device), attention_mask=step_mask.to(device),
+                             position_ids=step_pos.to(device), **{key: cache}).logits.float()
+                rest = rest.log_softmax(-1).cpu().view(len(batch), n_choices, -1, rest.shape[-1])
+                del cache
             for b, k in enumerate(batch):
-                seq = items[k][2]
-                ids[b, :len(seq)] = torch.tensor(seq)
-                mask[b, :len(seq)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            for b, k in enumerate(batch):
-                i, j, seq, n_ctx, n_ch = items[k]
-                # the logits at position t predict token t + 1
-                rows = logits[b, n_ctx - 1:n_ctx + n_ch - 1].log_softmax(-1)
-                picked = rows.gather(-1, ids[b, n_ctx:n_ctx + n_ch, None].to(device)).sum().item()
-                scores[i, j] = picked / n_ch if normalize else picked
+                for j, ch in enumerate(choices):
+                    total = first[b, ch[0]].item()
+                    for t in range(1, len(ch)):
+                        total += rest[b, j, t - 1, ch[t]].item()
+                    scores[k, j] = total / len(ch) if normalize else total
     return scores
 
 

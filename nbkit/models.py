@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import logging
 import os
 import re
 import shutil
@@ -20,6 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, MissingDependencyError, NbkitError, UnknownNameError
+
+# bitsandbytes warns on import (peft imports it) that an optional faster CPU
+# inference kernel package is missing; it falls back to its own kernel, and that
+# package has no bearing on training (docs/qlora-cpu.md). Keep the noise out of notebooks.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)

@@ -149,8 +149,12 @@ def tune(
         examples.append(example)
         truncated += cut
 
+    import warnings
+
     import transformers
 
+    # peft asks the model for the old name of a transformers 5 property; harmless, and not the user's to fix
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     transformers.set_seed(cfg.seed)  # the adapter's initial weights come from this seed
     model = spec.build(loaded.model, method_options)
     trainable, total = _count_parameters(model)
@@ -258,9 +262,11 @@ def _trainer(model, loaded, examples, cfg: TuneConfig, run: Run):
         optim="adamw_torch",
     )
     dataset = datasets.Dataset.from_list(examples)
-    return transformers.Trainer(
+    trainer = transformers.Trainer(
         model=model, args=args, train_dataset=dataset, data_collator=_collate(loaded.tokenizer.pad_token_id)
     )
+    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # it prints every log dict
+    return trainer
 
 
 def _last_checkpoint(run: Run) -> str | None:

@@ -1,4 +1,14 @@
-"""QLoRA: LoRA on a 4-bit NF4 base with double quantization (Dettmers et al., 2023)."""
+"""QLoRA: LoRA on a 4-bit NF4 base with double quantization (Dettmers et al., 2023).
+
+On CPUs with AVX512-BF16, bitsandbytes (0.50) rewrites a ``Linear4bit`` weight
+into an inference-only packed layout the first time the layer runs in eval
+mode on an input that needs no gradient (``nn/modules.py``: ``Linear4bit.forward``
+→ ``_convert_weight_packed_for_cpu``). ``matmul_4bit`` then always calls
+``gemv_4bit``, which has no backward, and ``train()`` never converts back: the
+gradient reaching the LoRA weights below each frozen layer is truncated and the
+loss barely moves. nbkit turns that switch off on the layers it trains and
+unpacks any layer already converted. The evidence is in ``docs/qlora-cpu.md``.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +16,34 @@ from . import Method, register_method
 from .lora import LoraOptions
 
 
+def keep_trainable_layout(model) -> int:
+    """Stop bitsandbytes' CPU inference packing on every 4-bit layer; undo it where done.
+
+    Returns:
+        How many layers had already been packed and were converted back.
+    """
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as F
+
+    unpacked = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        state = module.weight.quant_state
+        if getattr(state, "packing_format_for_cpu", False):
+            module.weight.data, module.weight.quant_state = F._convert_weight_packed_for_cpu_inverse(
+                module.weight.data, state
+            )
+            unpacked += 1
+    return unpacked
+
+
 def build(model, options: LoraOptions):
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    keep_trainable_layout(model)
+    # gradient checkpointing off: on small models it costs more time than the memory it saves
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return get_peft_model(model, options.peft_config())
 

@@ -1,0 +1,127 @@
+"""The magics through a real IPython shell, and through a real Jupyter kernel."""
+
+import subprocess
+import sys
+
+import pytest
+from IPython.core.error import UsageError
+
+from nbkit.errors import ConfigError, TemplateError, UnknownNameError
+from nbkit.prompts import PROMPTS
+
+
+@pytest.fixture(scope="module")
+def ip():
+    from IPython.testing.globalipapp import start_ipython
+
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "nbkit")
+    return shell
+
+
+INTENT = "Which team should handle this message?\nMessage: {{ text }}\nTeam:"
+
+
+def test_load_ext_does_not_import_torch():
+    code = ("import sys, time; from IPython.testing.globalipapp import start_ipython; ip = start_ipython(); "
+            "t = time.monotonic(); ip.run_line_magic('load_ext', 'nbkit'); dt = time.monotonic() - t; "
+            "print('torch' in sys.modules, 'transformers' in sys.modules, dt)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[:2] == ["False", "False"]
+
+
+def test_prompt_keeps_jinja_braces_and_registers(ip):
+    ip.run_cell_magic("prompt", 'intent --target "{{ label }}" --choices refund,delivery,account,other -o p', INTENT)
+    prompt = PROMPTS["intent"]
+    assert prompt.target == "{{ label }}" and prompt.template == INTENT.strip()
+    assert prompt.choices == ["refund", "delivery", "account", "other"]
+    assert ip.user_ns["p"] is prompt
+
+
+def test_dollar_variables_expand_but_braces_do_not(ip):
+    ip.user_ns["labels"] = "yes,no"
+    ip.run_cell_magic("prompt", 'yn --choices $labels --target "{{ answer }}"', "Q: {{ q }}")
+    assert PROMPTS["yn"].choices == ["yes", "no"] and PROMPTS["yn"].target == "{{ answer }}"
+
+
+def test_bad_flags_raise_usage_error(ip):
+    with pytest.raises(UsageError):
+        ip.run_line_magic("tune", "--prompt x --data sample:intent --epochs many")
+    with pytest.raises(UsageError):
+        ip.run_line_magic("evaluate", "--frobnicate")
+    with pytest.raises(UsageError):
+        ip.run_line_magic("tune", "--data sample:intent")  # --prompt is required
+
+
+def test_user_mistakes_are_short_errors(ip):
+    ip.run_cell_magic("prompt", "typo --choices a,b", "Message: {{ txt }}")
+    with pytest.raises(UnknownNameError, match="intent, sentiment"):
+        ip.run_line_magic("evaluate", "--prompt typo --data sample:nope")
+    with pytest.raises(TemplateError, match="txt"):
+        ip.run_line_magic("evaluate", "--prompt typo --data sample:intent")
+    with pytest.raises(ConfigError, match="`lr`"):
+        ip.run_line_magic("tune", "--prompt typo --data sample:intent --lr 0")
+    with pytest.raises(UnknownNameError, match="available: typo"):
+        ip.run_line_magic("tune", "--prompt nope --data sample:intent")
+    assert TemplateError("x")._render_traceback_() == ["TemplateError: x"]
+
+
+def test_help_and_listing(ip, capsys):
+    ip.run_cell_magic("prompt", "intent --choices a,b", INTENT)
+    capsys.readouterr()
+    ip.run_line_magic("nbkit", "")
+    out = capsys.readouterr().out
+    assert "prompts:" in out and "intent" in out and "runs:" in out and "models loaded:" in out
+    ip.run_line_magic("nbkit", "help")
+    assert "%tune" in capsys.readouterr().out
+    ip.run_line_magic("nbkit", "methods")
+    assert "qlora" in capsys.readouterr().out
+
+
+def test_tune_help_lists_options(ip):
+    doc = ip.find_line_magic("tune").__doc__
+    for option in ("--method", "--epochs", "--lr", "--r", "--resume", "-o"):
+        assert option in doc
+
+
+def test_chat_cell_and_run_table(ip):
+    result = ip.run_cell_magic("prompt", "hello --run --max-new-tokens 12", "What is the capital of France?")
+    assert "Paris" in repr(result)
+    ip.run_cell_magic("prompt", 'intent --target "{{ label }}" --choices refund,delivery,account,other', INTENT)
+    table = ip.run_cell_magic("prompt", "intent --run --data sample:intent --limit 2 -o g", INTENT)
+    assert list(table.frame.columns) == ["input", "output", "expected"] and len(table.frame) == 2
+    assert ip.user_ns["g"] is table and "<table>" in table._repr_html_()
+
+
+def test_evaluate_returns_a_report_frame(ip):
+    ip.run_cell_magic("prompt", 'intent --target "{{ label }}" --choices refund,delivery,account,other', INTENT)
+    report = ip.run_line_magic("evaluate", "--prompt intent --data sample:intent --limit 8 -o r")
+    assert ip.user_ns["r"] is report
+    assert list(report.frame.index) == ["intent"]
+    assert {"accuracy", "f1", "n"} <= set(report.frame.columns) and report.frame.loc["intent", "n"] == 8
+    assert "nbkit-chart" in report._repr_html_()
+
+
+def test_real_kernel_loads_extension_without_torch():
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        def run(code):
+            outputs = []
+            reply = kc.execute_interactive(code, timeout=120, output_hook=lambda m: outputs.append(m))
+            text = "".join(m["content"].get("text", "") or str(m["content"].get("data", {}).get("text/plain", ""))
+                           for m in outputs if m["msg_type"] in ("stream", "execute_result"))
+            return reply["content"], text
+
+        status, _ = run("%load_ext nbkit")
+        assert status["status"] == "ok"
+        _, text = run("import sys; print('torch' in sys.modules)")
+        assert text.strip() == "False"
+        status, text = run('%%prompt k --target "{{ label }}"\nSay {{ text }}')
+        assert status["status"] == "ok" and "defined" in text
+        status, _ = run("%evaluate --prompt nope --data sample:intent")
+        assert status["status"] == "error" and status["ename"] == "UnknownNameError"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

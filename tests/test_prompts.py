@@ -1,0 +1,83 @@
+import pytest
+
+from nbkit.errors import ConfigError, TemplateError, UnknownNameError
+from nbkit.prompts import Prompt, get_prompt, register_prompt
+
+
+def test_render_and_target():
+    p = Prompt("Review: {{ text }}\nSentiment:", name="s", target="{{ label }}", choices=["positive", "negative"])
+    row = {"text": "Great kettle", "label": "positive"}
+    assert p.render(row) == "Review: Great kettle\nSentiment:"
+    assert p.render_target(row) == "positive"
+    assert p.variables == {"text", "label"}
+
+
+def test_missing_variable_names_it_and_the_columns():
+    p = Prompt("Message: {{ txt }}", name="m")
+    with pytest.raises(TemplateError) as e:
+        p.check(["text", "label"])
+    assert e.value.variable == "txt"
+    assert "txt" in str(e.value) and "label, text" in str(e.value)
+    with pytest.raises(TemplateError) as e:
+        p.render({"text": "hi"})
+    assert "txt" in str(e.value) and "text" in str(e.value)
+
+
+def test_syntax_error_reports_the_line():
+    with pytest.raises(TemplateError) as e:
+        Prompt("line one\nline two {{ text\nline three", name="bad")
+    assert e.value.line == 2 or e.value.line == 3
+    assert "line" in str(e.value)
+
+
+def test_sandbox_blocks_attribute_escape():
+    p = Prompt("{{ text.__class__.__mro__ }}", name="evil")
+    with pytest.raises(Exception) as e:
+        p.render({"text": "x"})
+    assert "unsafe" in str(e.value).lower() or "SecurityError" in type(e.value).__name__
+
+
+@pytest.mark.parametrize("choices, message", [
+    (["a"], "at least two"), (["a", "a"], "duplicates"), (["a", " "], "empty"),
+])
+def test_bad_choices(choices, message):
+    with pytest.raises(ConfigError) as e:
+        Prompt("x {{ text }}", choices=choices)
+    assert e.value.field == "choices" and message in str(e.value)
+
+
+def test_default_target_is_label_when_present():
+    p = Prompt("{{ text }}", name="p")
+    assert p.resolve_target(["text", "label"]).target == "{{ label }}"
+    with pytest.raises(ConfigError) as e:
+        p.resolve_target(["text", "answer"])
+    assert e.value.field == "target"
+
+
+def test_plain_format_with_shots():
+    p = Prompt("Q: {{ q }}\nA:", name="qa", target="{{ a }}", system="Answer briefly.", shots=1)
+    pool = [{"q": "1+1", "a": "2"}, {"q": "2+2", "a": "4"}]
+    shots = p.pick_shots(pool, seed=0, exclude=pool[0])
+    assert shots == [pool[1]]
+    text = p.format({"q": "3+3", "a": "6"}, shots=shots)
+    assert text == "Answer briefly.\n\nQ: 2+2\nA: 4\n\nQ: 3+3\nA:"
+    assert p.completion("6") == " 6"
+
+
+def test_chat_format_uses_the_tokenizer_template(smol):
+    p = Prompt("Message: {{ text }}", name="c", target="{{ label }}", system="Route messages.")
+    text = p.format({"text": "hello", "label": "other"}, smol.tokenizer)
+    assert text.startswith("<|im_start|>system\nRoute messages.<|im_end|>")
+    assert text.endswith("<|im_start|>assistant\n")
+    assert p.completion("other", smol.tokenizer) == "other"
+
+
+def test_registry_and_roundtrip():
+    p = register_prompt(Prompt("Hi {{ name }}", name="greet", choices=["a", "b"], shots=0))
+    assert get_prompt("greet") is p
+    assert Prompt.from_dict(p.to_dict()) == p
+    with pytest.raises(UnknownNameError) as e:
+        get_prompt("nope")
+    assert "greet" in str(e.value)
+    with pytest.raises(ConfigError):
+        Prompt.from_dict({"template": "x", "bogus": 1})
