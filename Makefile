@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.nbkit-setup
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast notebooks clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,12 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -ra -m "not slow and not browser"
+
+# Re-execute the documentation notebooks in place (their saved outputs are what nbval compares).
+notebooks: setup
+	cd notebooks && for nb in *.ipynb; do \
+		NBKIT_PROGRESS=plain NBKIT_RUNS_DIR=$(CURDIR)/build/notebook-runs \
+		../$(PY) -m papermill --no-progress-bar $$nb $$nb || exit 1; done
 
 clean:
 	rm -rf build jobs runs .pytest_cache

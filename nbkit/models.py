@@ -84,6 +84,22 @@ def compute_dtype(device: str):
     return torch.float32
 
 
+def autocast_precision(device: str) -> str:
+    """What training autocasts to on ``device`` by default: ``bf16``, ``fp16`` or ``fp32``.
+
+    GPUs take bf16 when they have it, fp16 otherwise. CPUs stay in fp32: with
+    AVX512-BF16 (no AMX) a bf16 matmul is 2.2x faster in isolation, yet a LoRA
+    run on SmolLM2 with bf16 autocast was no faster end to end (150 vs 155
+    tokens/s) -- the casts eat the gain on a model this small. ``precision="bf16"``
+    still forces it.
+    """
+    import torch
+
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
 def quantization_config(quantize: str | None, device: str):
     """The ``BitsAndBytesConfig`` for ``"4bit"`` (NF4, double quant) or ``"8bit"``."""
     if quantize not in QUANTIZE:

@@ -19,7 +19,7 @@ from .data import fingerprint, load_data
 from .encoding import training_example
 from .errors import ConfigError, TrainingFailed, TrainingInterrupted
 from .methods import get_method
-from .models import DEFAULT_MODEL, load_model
+from .models import DEFAULT_MODEL, autocast_precision, load_model
 from .prompts import Prompt, get_prompt
 from .runs import RUNS, Run, runs_dir, write_json
 
@@ -40,6 +40,9 @@ class TuneConfig:
     max_length: int = field(default=256, metadata={"help": "tokens per example; longer ones are cut and counted"})
     warmup: float = field(default=0.1, metadata={"help": "fraction of steps with a linear warm-up"})
     seed: int = field(default=0, metadata={"help": "seed of the adapter init and the data order"})
+    precision: str = field(
+        default="auto", metadata={"help": "autocast: auto (bf16 on GPUs that have it, else fp32), bf16, fp16 or fp32"}
+    )
     name: str | None = field(default=None, metadata={"help": "run name; default <prompt>-<method>"})
     options: dict = field(default_factory=dict, metadata={"help": "method options (r, alpha, dropout, …)"})
 
@@ -61,6 +64,8 @@ class TuneConfig:
         positive("max_length", self.max_length, int)
         if not 0 <= self.warmup < 1:
             raise ConfigError("warmup", f"must be a fraction in [0, 1), got {self.warmup!r}")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError("precision", f"must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise ConfigError("name", f"must be a plain folder name, got {self.name!r}")
 
@@ -90,6 +95,7 @@ def tune(
     max_length: int = 256,
     warmup: float = 0.1,
     seed: int = 0,
+    precision: str = "auto",
     name: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -105,6 +111,7 @@ def tune(
         model: base model spec.
         method: ``lora`` or ``qlora`` (see ``nbkit.methods.available_methods()``).
         epochs, max_steps, lr, batch_size, grad_accum, max_length, warmup, seed: training settings.
+        precision: ``auto`` (bf16 autocast on GPUs that have it, fp32 on CPU), ``bf16``, ``fp16``, ``fp32``.
         name: run name (a folder under ``runs/``); default ``<prompt>-<method>``, numbered if taken.
         resume: continue the run ``name`` from its last checkpoint.
         overwrite: replace an existing run directory of the same name.
@@ -124,7 +131,7 @@ def tune(
     cfg = TuneConfig(
         prompt=prompt.name, data=data_spec, model=model, method=method, epochs=epochs, max_steps=max_steps,
         lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, warmup=warmup,
-        seed=seed, name=name, options=options,
+        seed=seed, precision=precision, name=name, options=options,
     )
     spec = get_method(cfg.method)
     method_options = spec.make_options(cfg.options)
@@ -232,6 +239,7 @@ def _trainer(model, loaded, examples, cfg: TuneConfig, run: Run):
     import datasets
     import transformers
 
+    precision = autocast_precision(loaded.device) if cfg.precision == "auto" else cfg.precision
     steps_per_epoch = math.ceil(len(examples) / (cfg.batch_size * cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     args = transformers.TrainingArguments(
@@ -260,6 +268,8 @@ def _trainer(model, loaded, examples, cfg: TuneConfig, run: Run):
         dataloader_pin_memory=False,
         use_cpu=loaded.device == "cpu",
         optim="adamw_torch",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
     )
     dataset = datasets.Dataset.from_list(examples)
     trainer = transformers.Trainer(

@@ -1,0 +1,289 @@
+"""The quickstart in a real JupyterLab, driven by Debian's chromium through Playwright.
+
+It checks what only a browser can: that ``%tune`` draws the live ipywidgets
+view (not its text fallback ``VBox(...)``) when a JupyterLab server runs the
+kernel, and that ``%evaluate``'s HTML report renders. Screenshots go to
+``build/browser-quickstart.png`` and ``build/tune-widget.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "notebooks" / "00_quickstart.ipynb"
+BUILD = REPO / "build"
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+# Bounds, in seconds. The run trains a few LoRA steps on CPU; the machine may be shared.
+SERVER_START = 60
+KERNEL_IDLE = 90
+WIDGET_VISIBLE = 240
+ALL_DONE = 300
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("Debian chromium is not installed: apt-get install chromium (the CI script .ci/run does this)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tiny_notebook(folder: Path) -> Path:
+    """The quickstart with epochs=0.1 and limit=8 in its ``parameters`` cell, outputs cleared."""
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, "the quickstart should have exactly one cell tagged 'parameters'"
+    values = {"epochs": "0.1", "limit": "8"}
+    lines = []
+    for line in params[0].source.splitlines():
+        m = re.match(r"(\s*)(\w+)(\s*=\s*)([^#]*?)(\s*#.*)?$", line)
+        if m and m.group(2) in values:
+            line = f"{m.group(1)}{m.group(2)}{m.group(3)}{values.pop(m.group(2))}{m.group(5) or ''}"
+        lines.append(line)
+    assert not values, f"parameters cell lacks {sorted(values)}"
+    params[0].source = "\n".join(lines)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    path = folder / NOTEBOOK.name
+    nbformat.write(nb, path)
+    return path
+
+
+def _lab_settings(folder: Path) -> Path:
+    """User settings for a quiet, deterministic JupyterLab: no news toast, every cell in the DOM."""
+    settings = {
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
+                                                                            "checkForUpdates": False},
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    }
+    for name, value in settings.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
+    return folder
+
+
+def _server_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    # conftest sets NBKIT_PROGRESS=plain for the test process; the kernel must decide for itself
+    # (it sees jupyterlab among its ancestors and chooses the widget).
+    env.pop("NBKIT_PROGRESS", None)
+    env.pop("NBKIT_JOB_DIR", None)
+    env.update({
+        "NBKIT_RUNS_DIR": str(tmp_path / "runs"),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter" / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter" / "config"),
+        "JUPYTER_DATA_DIR": str(tmp_path / "jupyter" / "data"),
+        "JUPYTERLAB_SETTINGS_DIR": str(_lab_settings(tmp_path / "jupyter" / "lab-settings")),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "jupyter" / "workspaces"),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    })
+    return env
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server, its process group and its kernels (which jupyter_client starts in their own sessions)."""
+    try:
+        import psutil
+
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except Exception:
+        family = []
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        if proc.poll() is not None and not any(p.is_running() for p in family):
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        for p in family:
+            try:
+                p.send_signal(sig)
+            except Exception:
+                pass
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(p.is_running() and p.status() != "zombie" for p in family):
+            time.sleep(0.2)
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def _wait_for_server(proc: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"jupyter lab exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"jupyter lab did not answer within {SERVER_START} s:\n{_tail(log)}")
+
+
+# The status bar shows a connected kernel that is idle ("Python 3 (ipykernel) | Idle"). The toolbar's
+# execution indicator says "idle" already while the kernel is still "No Kernel | Initializing".
+_KERNEL_IDLE = """() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some(
+    e => /\\|\\s*Idle\\s*$/.test(e.textContent) && !/No Kernel/.test(e.textContent))"""
+
+# Input prompts of the code cells: "[ ]:" not run, "[*]:" queued or running, "[3]:" done.
+_PROMPTS = "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim())"
+
+# Run All has finished: some cell ran and none is queued or running (a cell that fails clears the queue).
+_RUN_FINISHED = """() => {
+    const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim());
+    return prompts.some(t => /\\d/.test(t)) && !prompts.some(t => t.includes('*'));
+}"""
+
+# Text of every error or stderr output (JupyterLab renders both as the stderr mime type).
+_ERROR_OUTPUTS = """() => [...document.querySelectorAll(
+    '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')].map(e => e.innerText)"""
+
+
+def test_quickstart_in_jupyterlab(tmp_path):
+    chromium = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
+    pytest.importorskip("jupyterlab", reason="jupyterlab is not installed")
+    pytest.importorskip("ipywidgets", reason="ipywidgets is not installed")
+
+    root = tmp_path / "lab"  # the file browser shows only the notebook
+    root.mkdir()
+    notebook = _tiny_notebook(root)
+    port, token = _free_port(), secrets.token_hex(16)
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "jupyterlab.log"
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+           f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+           f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI containers run as root
+        cmd.append("--allow-root")
+    BUILD.mkdir(exist_ok=True)
+    with open(log, "wb") as out:
+        server = subprocess.Popen(cmd, cwd=root, env=_server_env(tmp_path), stdin=subprocess.DEVNULL,
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_server(server, f"{base}/api/status?token={token}", log)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1600})
+                _drive(page, f"{base}/lab/tree/{notebook.name}?token={token}", log)
+            finally:
+                browser.close()
+    finally:
+        _stop(server)
+
+
+def _drive(page, url: str, log: Path) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    def shot_on_failure(what: str):
+        try:
+            page.screenshot(path=str(BUILD / "browser-quickstart-failure.png"), full_page=True)
+        except Exception:
+            pass
+        return f"{what} (screenshot: build/browser-quickstart-failure.png)\nserver log:\n{_tail(log)}"
+
+    page.goto(url, timeout=60_000)
+    try:
+        # The notebook is open and its kernel has started.
+        page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=60_000)
+        page.wait_for_function(_KERNEL_IDLE, timeout=KERNEL_IDLE * 1000, polling=250)
+    except PlaywrightTimeout:
+        pytest.fail(shot_on_failure("the notebook did not open with an idle kernel"))
+
+    # Run ▸ Run All Cells, as a user would.
+    page.locator(".lm-MenuBar-item").filter(has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-item:not(.lm-mod-disabled) .lm-Menu-itemLabel").filter(
+        has_text=re.compile(r"^Run All Cells$")).click()
+
+    widget = page.locator(".jp-OutputArea-output .nbkit-tune-widget")
+    try:
+        # The live widget shows up while %tune trains (or the run stops early: the checks below say why).
+        page.wait_for_function(f"() => !!document.querySelector('.jp-OutputArea-output .nbkit-tune-widget "
+                               f".progress-bar') || ({_RUN_FINISHED})()", timeout=WIDGET_VISIBLE * 1000, polling=250)
+    except PlaywrightTimeout:
+        pytest.fail(shot_on_failure(f"neither a %tune widget nor the end of the run within {WIDGET_VISIBLE} s; "
+                                    f"prompts {page.evaluate(_PROMPTS)}"))
+    try:
+        page.wait_for_function(_RUN_FINISHED, timeout=ALL_DONE * 1000, polling=500)
+        page.wait_for_function(_KERNEL_IDLE, timeout=30_000, polling=250)
+    except PlaywrightTimeout:
+        pytest.fail(shot_on_failure(f"the notebook did not finish within {ALL_DONE} s; prompts "
+                                    f"{page.evaluate(_PROMPTS)}; stderr/errors: {page.evaluate(_ERROR_OUTPUTS)}"))
+
+    errors = [t for t in page.evaluate(_ERROR_OUTPUTS)
+              if "Traceback" in t or re.search(r"^\s*\w*(Error|Exception)\b", t, re.M)]
+    assert not errors, shot_on_failure(f"a cell shows an error: {errors}")
+    prompts = page.evaluate(_PROMPTS)
+    assert all(re.fullmatch(r"\[\d+\]:", t) for t in prompts), shot_on_failure(f"not every cell ran: {prompts}")
+
+    # The live widget, not its text fallback "VBox(...)": a progress bar turned green, a loss curve.
+    fallback = page.locator(".jp-OutputArea-output", has_text="VBox(").count()
+    assert widget.count() == 1, shot_on_failure(
+        f"expected one live %tune widget, found {widget.count()} ({fallback} text fallbacks 'VBox(...)')")
+    assert widget.is_visible()
+    assert widget.locator(".progress-bar").count() == 1, "the tune widget has no progress bar"
+    try:
+        widget.locator(".progress-bar.progress-bar-success").wait_for(state="attached", timeout=30_000)
+    except PlaywrightTimeout:
+        pytest.fail(shot_on_failure("the tune widget's bar did not turn green (bar_style 'success')"))
+    assert widget.locator("svg.nbkit-loss polyline").count() == 1, "the tune widget has no loss curve"
+
+    # Both %evaluate reports rendered as HTML: 'before' and, after %tune, the comparison.
+    reports = page.locator(".jp-OutputArea-output table.nbkit-report")
+    assert reports.count() == 2, f"expected the two %evaluate reports, found {reports.count()}"
+    last = reports.last
+    last.wait_for(state="visible", timeout=10_000)
+    assert last.locator("tbody tr").count() >= 2, "the comparison report should have a row per model"
+    assert page.locator(".jp-OutputArea-output svg.nbkit-chart").count() >= 1
+
+    # Screenshots: the tune cell at the top of the notebook, the comparison below it.
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    widget.evaluate("e => e.closest('.jp-Cell').scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    widget.screenshot(path=str(BUILD / "tune-widget.png"))
+    page.screenshot(path=str(BUILD / "browser-quickstart.png"), full_page=True)

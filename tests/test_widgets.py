@@ -1,0 +1,79 @@
+"""The %tune widget and the progress choice, without a browser."""
+
+import pytest
+
+from nbkit import events
+
+
+def _begin(**kw):
+    base = dict(run_name="r", run_path="/tmp/r", model="m", method="lora", total_steps=4, epochs=1.0,
+                examples=32, trainable_parameters=10, total_parameters=100)
+    return events.Begin(**{**base, **kw})
+
+
+def _step(i, loss):
+    return events.Step(step=i, total_steps=4, epoch=i / 4, loss=loss, learning_rate=1e-4,
+                       tokens_per_second=123.0, elapsed=float(i), eta=float(4 - i))
+
+
+@pytest.mark.parametrize("status, style", [("completed", "success"), ("failed", "danger"), ("interrupted", "warning")])
+def test_widget_follows_the_run_and_shows_how_it_ended(status, style):
+    from nbkit.magics.widgets import TuneWidget
+
+    shown = []
+    w = TuneWidget(display=shown.append)
+    w.on_begin(_begin(truncated=2))
+    assert shown == [w.box] and "nbkit-tune-widget" in w.box._dom_classes
+    assert w.bar.max == 4 and "2 truncated" in w.status.value
+    for i, loss in enumerate([3.0, 2.0, 1.0, 0.5], start=1):
+        w.on_step(_step(i, loss))
+    assert w.bar.value == 4
+    assert all(s in w.status.value for s in ("step 4/4", "epoch 1.00", "loss 0.5000", "123 tok/s", "ETA"))
+    assert "<polyline" in w.curve.value and "4 steps" in w.curve.value
+    w.on_end(events.End(status=status, elapsed=4.0, steps=4, metrics={"train_loss": 0.5},
+                        error="boom" if status == "failed" else None))
+    assert w.bar.bar_style == style and status in w.status.value
+    if status == "failed":
+        assert "boom" in w.status.value
+
+
+def test_plain_progress_prints_a_few_lines(capsys):
+    p = events.PlainProgress(lines=4)
+    p.on_begin(_begin(total_steps=100, truncated=3))
+    for i in range(1, 101):
+        p.on_step(events.Step(step=i, total_steps=100, epoch=i / 100, loss=1.0, learning_rate=1e-4,
+                              tokens_per_second=100.0, elapsed=i, eta=100 - i))
+    p.on_end(events.End(status="completed", elapsed=100.0, steps=100))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert 5 <= len(lines) <= 8, lines
+    assert "3 example(s)" in lines[1] and "step 100/100" in lines[-2] and "tune completed" in lines[-1]
+
+
+def test_progress_mode():
+    from nbkit.magics.progress import progress_mode
+
+    assert progress_mode("widget") == "widget"
+    assert progress_mode("auto") == "plain"  # NBKIT_PROGRESS=plain in the tests; pytest is headless anyway
+
+
+def test_loss_is_on_the_completion_only(smol, intent_prompt):
+    from nbkit.encoding import training_example
+
+    row = {"text": "Where is my parcel?", "label": "delivery"}
+    ex, cut = training_example(intent_prompt, row, smol.tokenizer, max_length=256)
+    labelled = [t for t, l in zip(ex["input_ids"], ex["labels"]) if l != -100]
+    assert not cut and smol.tokenizer.decode(labelled) == "delivery<|im_end|>"
+    assert ex["labels"][: -len(labelled)] == [-100] * (len(ex["input_ids"]) - len(labelled))
+    short, cut = training_example(intent_prompt, row, smol.tokenizer, max_length=20)
+    assert cut and len(short["input_ids"]) == 20
+    assert smol.tokenizer.decode([t for t, l in zip(short["input_ids"], short["labels"]) if l != -100]) == "delivery<|im_end|>"
+
+
+def test_offline_hub_specs_fail_clearly():
+    import nbkit
+    from nbkit.errors import DataError, NbkitError
+
+    with pytest.raises(NbkitError, match="could not load model"):
+        nbkit.load_model("some-org/some-model-that-is-not-cached")
+    with pytest.raises(DataError, match="network"):
+        nbkit.load_data("hf:some-org/some-dataset")
