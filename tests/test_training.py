@@ -59,8 +59,9 @@ def test_run_directory_is_complete_and_plain_peft_loads_it(lora_run, smol):
         assert torch.allclose(plain(input_ids=ids).logits, expected, atol=1e-4)
 
 
-def test_existing_run_is_not_overwritten(lora_run):
+def test_existing_run_is_not_overwritten(lora_run, monkeypatch):
     prompt, run = lora_run
+    monkeypatch.setenv("NBKIT_RUNS_DIR", str(run.path.parent))
     before = (run.adapter_path / "adapter_model.safetensors").read_bytes()
     with pytest.raises(RunExistsError):
         nbkit.tune(prompt, "sample:intent", name="lora", max_steps=1)
