@@ -87,7 +87,11 @@ class Report:
         """Write ``<name>.json`` (info + table) and ``<name>.csv`` (the table) into ``folder``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        name = name or time.strftime("report-%Y%m%d-%H%M%S")
+        if name is None:  # time-ordered, and two reports in one second do not collide
+            stamp, k = time.strftime("report-%Y%m%d-%H%M%S"), 1
+            while (folder / f"{stamp}-{k:02d}.json").exists():
+                k += 1
+            name = f"{stamp}-{k:02d}"
         path = folder / f"{name}.json"
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
         self.frame.to_csv(folder / f"{name}.csv")
