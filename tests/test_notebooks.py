@@ -35,8 +35,10 @@ def test_quickstart_runs_as_a_papermill_job_and_its_results_are_collected(tmp_pa
     assert all(r["info"]["rows"] == 16 for r in reports)
     assert "intent + quickstart" in proc.stdout  # the before/after table is printed
     assert (job / "runs" / "quickstart" / "adapter" / "adapter_config.json").exists()
-    executed = json.loads((job / "00_quickstart.ipynb").read_text())
-    tune_cell = next(c for c in executed["cells"] if c["source"].startswith("%tune"))
+    import nbformat
+
+    executed = nbformat.read(job / "00_quickstart.ipynb", as_version=4)
+    tune_cell = next(c for c in executed.cells if c.source.startswith("%tune"))
     text = "".join(o.get("text", "") for o in tune_cell["outputs"] if o["output_type"] == "stream")
     assert 2 <= len(text.splitlines()) <= 8 and "tune completed" in text  # a few plain lines, no bar
 

@@ -35,7 +35,7 @@ def test_wheel_has_one_import_name_and_loads_the_extension_in_a_fresh_venv(tmp_p
     constraints.write_text((ROOT / "constraints.txt").read_text() + "\ntorch==2.13.0\n")
     _run([str(py), "-m", "pip", "install", "-q", "-c", str(constraints), str(wheel)], timeout=900)
     code = (
-        "import sys; from IPython.testing.globalipapp import start_ipython; ip = start_ipython(); "
+        "import sys; from IPython.core.interactiveshell import InteractiveShell; ip = InteractiveShell.instance(); "
         "ip.run_line_magic('load_ext', 'nbkit'); import nbkit; "
         "assert 'torch' not in sys.modules; "
         "ip.run_cell_magic('prompt', 'p --choices a,b', 'Say {{ text }}'); "
