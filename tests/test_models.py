@@ -48,3 +48,16 @@ def test_four_bit_is_nf4_with_double_quant():
     assert len(layers) == 30 * 7
     state = layers[0].weight.quant_state
     assert state.quant_type == "nf4" and state.nested
+
+
+def test_eight_bit_loads_and_answers():
+    import bitsandbytes as bnb
+
+    from nbkit.inference import generate
+
+    model = load_model("smollm2-135m", quantize="8bit", fresh=True)
+    assert sum(isinstance(m, bnb.nn.Linear8bitLt) for m in model.model.modules()) == 30 * 7
+    tok = model.tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                   add_generation_prompt=True, tokenize=False)
+    assert "Paris" in generate(model.model, tok, [tok(text, add_special_tokens=False)["input_ids"]], 10)[0]
