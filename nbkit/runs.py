@@ -102,7 +102,7 @@ class Run:
         rows = [
             ("status", self.status), ("path", str(self.path)), ("model", c.get("model")),
             ("method", c.get("method")), ("steps", m.get("steps")),
-            ("train loss", _fmt(m.get("train_loss"))), ("time", _fmt(m.get("train_seconds"), "s")),
+            ("train loss", _fmt(m.get("train_loss"))), ("time", _fmt(m.get("train_seconds"), "s", digits=1)),
             ("tokens/s", _fmt(m.get("tokens_per_second"), digits=0)),
             ("trainable parameters", f"{m['trainable_parameters']:,}" if "trainable_parameters" in m else None),
         ]
