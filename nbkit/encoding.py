@@ -43,6 +43,12 @@ def encode_context(prompt: Prompt, row: Mapping, tokenizer, shots: Sequence[Mapp
     return tokenizer(prompt.format(row, tokenizer, shots), add_special_tokens=False)["input_ids"]
 
 
+def encode_contexts(prompt: Prompt, rows: Sequence[Mapping], tokenizer, pool: Sequence[Mapping] = ()) -> list[list[int]]:
+    """Context ids of each row, each with its own shots drawn from ``pool`` (seeded by the row's position)."""
+    return [encode_context(prompt, row, tokenizer, prompt.pick_shots(pool, seed=i) if pool else [])
+            for i, row in enumerate(rows)]
+
+
 def encode_choice(prompt: Prompt, choice: str, tokenizer) -> list[int]:
     """Ids of one label word as it follows the context (without the end token)."""
     return tokenizer(prompt.completion(choice, tokenizer), add_special_tokens=False)["input_ids"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .data import load_data
-from .encoding import encode_choice, encode_context
+from .encoding import encode_choice, encode_contexts
 from .errors import ConfigError, DataError, NbkitError
 from .methods import get_method
 from .models import DEFAULT_MODEL, load_model
@@ -160,8 +160,7 @@ def _predict(lm, tokenizer, prompt: Prompt, rows, train_rows, scoring: str, batc
 
     from .inference import generate, score_choices
 
-    shots = [prompt.pick_shots(train_rows, seed=i) for i in range(len(rows))]
-    contexts = [encode_context(prompt, row, tokenizer, s) for row, s in zip(rows, shots)]
+    contexts = encode_contexts(prompt, rows, tokenizer, train_rows)
     expected = [prompt.render_target(row) for row in rows]
     if prompt.choices:
         unknown = sorted({e for e in expected if e not in prompt.choices})
@@ -273,8 +272,7 @@ def generate(
         rows, train_rows = list(splits[split])[:limit], list(splits["train"])
     loaded = load_model(model or DEFAULT_MODEL, quantize=quantize)
     tok = loaded.tokenizer
-    shots = [prompt.pick_shots(train_rows, seed=i) for i in range(len(rows))] if train_rows else [[] for _ in rows]
-    contexts = [encode_context(prompt, row, tok, s) for row, s in zip(rows, shots)]
+    contexts = encode_contexts(prompt, rows, tok, train_rows)
     with loaded.adapter(run.adapter_path if run else None) as lm:
         outputs = generate_ids(lm, tok, contexts, max_new_tokens=max_new_tokens)
     frame = pd.DataFrame({"input": [prompt.render(r) for r in rows], "output": outputs})

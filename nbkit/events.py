@@ -8,7 +8,6 @@ terminals, papermill and CI, where a redrawn bar would scroll.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -110,7 +109,6 @@ class PlainProgress(Callback):
         if e.truncated:
             self._print(f"  note: {e.truncated} example(s) longer than max_length were truncated")
         self._next = 1 / self.lines
-        self._started = time.monotonic()
 
     def on_step(self, e: Step) -> None:
         if e.step / max(e.total_steps, 1) + 1e-9 < self._next and e.step != e.total_steps:

@@ -65,7 +65,6 @@ def score_choices(model, pad_id: int, contexts: Sequence[list[int]], choices: Se
                 key = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
                 cache = getattr(out, key)
                 cache.batch_repeat_interleave(n_choices)
-                rows = len(batch) * n_choices
                 step_ids = tail.repeat(len(batch), 1)
                 step_mask = torch.cat([mask.repeat_interleave(n_choices, 0), tail_mask.repeat(len(batch), 1)], 1)
                 start = positions[:, -1:].repeat_interleave(n_choices, 0) + 1

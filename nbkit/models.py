@@ -258,7 +258,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, quantize: str | None = None, device
     Returns:
         A :class:`Model`.
     """
-    quant_config = quantization_config(quantize, "cpu")  # validate before anything heavy
+    quantization_config(quantize, "cpu")  # validate before anything heavy
     device = pick_device(device)
     key = (spec, quantize, device)
     if not fresh and key in MODELS:

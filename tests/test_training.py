@@ -8,7 +8,6 @@ import torch
 import nbkit
 from nbkit import events
 from nbkit.errors import RunExistsError, TrainingInterrupted
-from nbkit.runs import Run
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +26,7 @@ def lora_run(tmp_path_factory):
     import os
 
     os.environ["NBKIT_RUNS_DIR"] = str(root)
-    run = nbkit.tune(prompt, "sample:intent", name="lora")
-    return prompt, Run(root / "lora")
+    return prompt, nbkit.tune(prompt, "sample:intent", name="lora")
 
 
 def test_default_lora_beats_zero_shot_on_unseen_data(lora_run):
