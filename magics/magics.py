@@ -118,6 +118,8 @@ class NbkitMagics(Magics):
     @argument("--max-length", type=int, default=256, help="tokens per example (default 256)")
     @argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps (default 0.1)")
     @argument("--seed", type=int, default=0, help="random seed (default 0)")
+    @argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+              help="autocast: auto (bf16 on GPUs that have it, fp32 on CPU), bf16, fp16 or fp32")
     @argument("--name", help="run name (default <prompt>-<method>)")
     @argument("--resume", action="store_true", help="continue run --name from its last checkpoint")
     @argument("--overwrite", action="store_true", help="replace an existing run of the same name")
@@ -143,7 +145,7 @@ class NbkitMagics(Magics):
         run = tune(
             args.prompt, args.data, model=args.model, method=args.method, epochs=args.epochs,
             max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
-            max_length=args.max_length, warmup=args.warmup, seed=args.seed, name=args.name,
+            max_length=args.max_length, warmup=args.warmup, seed=args.seed, precision=args.precision, name=args.name,
             resume=args.resume, overwrite=args.overwrite, namespace=self.shell.user_ns, callbacks=callbacks,
             **{k: v for k, v in options.items() if v is not None},
         )

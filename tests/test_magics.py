@@ -80,7 +80,7 @@ def test_help_and_listing(ip, capsys):
 
 def test_tune_help_lists_options(ip):
     doc = ip.find_line_magic("tune").__doc__
-    for option in ("--method", "--epochs", "--lr", "--r", "--resume", "-o"):
+    for option in ("--method", "--epochs", "--lr", "--r", "--resume", "--precision", "-o"):
         assert option in doc
 
 
