@@ -1,0 +1,25 @@
+import numpy as np
+import torch
+
+from nbkit.encoding import encode_choice, encode_contexts
+from nbkit.inference import score_choices
+
+
+def test_shared_cache_scoring_matches_scoring_each_sequence_whole(smol, intent_prompt):
+    """Each context runs once and its cache is shared by the choices; the scores must not change."""
+    rows = [{"text": t, "label": "other"} for t in ("Where is my parcel?", "I was charged twice for one order, please fix",
+                                                   "hi")]
+    tok = smol.tokenizer
+    contexts = encode_contexts(intent_prompt, rows, tok)
+    choices = [encode_choice(intent_prompt, c, tok) for c in ["refund", "delivery", "account team now", "other"]]
+    assert max(len(c) for c in choices) > 1  # multi-token choices go through the cache
+    fast = score_choices(smol.model, tok.pad_token_id, contexts, choices, batch_size=2)
+    slow = np.zeros_like(fast)
+    with torch.no_grad():
+        for i, ctx in enumerate(contexts):
+            for j, ch in enumerate(choices):
+                logp = smol.model(input_ids=torch.tensor([ctx + ch])).logits[0].log_softmax(-1)
+                slow[i, j] = sum(logp[len(ctx) - 1 + t, ch[t]].item() for t in range(len(ch)))
+    assert np.allclose(fast, slow, atol=1e-3), np.abs(fast - slow).max()
+    mean = score_choices(smol.model, tok.pad_token_id, contexts, choices, normalize=True)
+    assert np.allclose(mean, fast / np.array([len(c) for c in choices]), atol=1e-5)
