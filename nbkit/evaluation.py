@@ -31,6 +31,18 @@ class Target:
     run: Run | None
     model: str
     quantize: str | None
+    adapter: Any = None  # the adapter directory to apply, if any
+
+
+def run_model(run: Run) -> tuple[str, str | None, Any]:
+    """(model spec, quantization, adapter directory) that reproduce ``run``.
+
+    A full fine-tune saved a whole model: that directory is the model and there is no adapter.
+    """
+    if run.is_full_model:
+        return str(run.adapter_path), None, None
+    config = run.config
+    return config.get("model", DEFAULT_MODEL), get_method(config.get("method", "lora")).quantize, run.adapter_path
 
 
 def _as_list(value) -> list:
@@ -53,8 +65,7 @@ def _targets(prompts, runs, model, namespace) -> list[Target]:
             raise ConfigError("model", f"is {model!r} but run {run.name!r} was trained on {config.get('model')!r}; "
                               "an adapter only fits the base model it was trained with")
         p = Prompt.from_dict(run.prompt)
-        quantize = get_method(config.get("method", "lora")).quantize
-        targets.append(Target(f"{p.name} + {run.name}", p, run, config.get("model", DEFAULT_MODEL), quantize))
+        targets.append(Target(f"{p.name} + {run.name}", p, run, *run_model(run)))
     if not targets:
         raise ConfigError("prompt", "nothing to evaluate: give at least one --prompt or --run")
     return targets
@@ -132,7 +143,7 @@ def evaluate(
         started = time.monotonic()
         try:
             loaded = load_model(t.model, quantize=t.quantize)
-            with loaded.adapter(t.run.adapter_path if t.run else None) as lm:
+            with loaded.adapter(t.adapter) as lm:
                 frame = _predict(lm, loaded.tokenizer, p, rows, train_rows, scoring, batch_size)
         except NbkitError:
             raise
@@ -255,11 +266,11 @@ def generate(
     if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
         raise ConfigError("limit", f"must be a positive integer, got {limit!r}")
     run = get_run(adapter, namespace) if adapter is not None else None
-    quantize = None
+    quantize, adapter_dir = None, None
     if run is not None:
         if model and model != run.config.get("model"):
             raise ConfigError("model", f"is {model!r} but run {run.name!r} was trained on {run.config.get('model')!r}")
-        model, quantize = run.config.get("model"), get_method(run.config.get("method", "lora")).quantize
+        model, quantize, adapter_dir = run_model(run)
     if data is None:
         if prompt.variables:
             raise ConfigError("data", f"is needed: prompt {prompt.name!r} uses {', '.join(sorted(prompt.variables))}")
@@ -273,7 +284,7 @@ def generate(
     loaded = load_model(model or DEFAULT_MODEL, quantize=quantize)
     tok = loaded.tokenizer
     contexts = encode_contexts(prompt, rows, tok, train_rows)
-    with loaded.adapter(run.adapter_path if run else None) as lm:
+    with loaded.adapter(adapter_dir) as lm:
         outputs = generate_ids(lm, tok, contexts, max_new_tokens=max_new_tokens)
     frame = pd.DataFrame({"input": [prompt.render(r) for r in rows], "output": outputs})
     if data is not None and prompt.target is not None or (data is not None and "label" in rows[0]):

@@ -36,6 +36,8 @@ def score_choices(model, pad_id: int, contexts: Sequence[list[int]], choices: Se
     import numpy as np
     import torch
 
+    if is_prompt_learning(model):
+        return _score_whole(model, pad_id, contexts, choices, batch_size, normalize)
     device = next(model.parameters()).device
     n_choices, longest = len(choices), max(len(c) for c in choices)
     # all but the last choice token are fed through the cache (the context predicts the first)
@@ -79,6 +81,44 @@ def score_choices(model, pad_id: int, contexts: Sequence[list[int]], choices: Se
                     for t in range(1, len(ch)):
                         total += rest[b, j, t - 1, ch[t]].item()
                     scores[k, j] = total / len(ch) if normalize else total
+    return scores
+
+
+def is_prompt_learning(model) -> bool:
+    """Whether ``model`` is a peft model whose active adapter is a learned prompt (soft prompt, prefix)."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def _score_whole(model, pad_id: int, contexts, choices, batch_size: int, normalize: bool):
+    """Score every (context + choice) sequence whole, right-padded as in training.
+
+    Learned prompts put virtual tokens before the input (or into the cache, for prefix tuning),
+    so the shared-cache path of :func:`score_choices` does not apply; this costs one pass per
+    choice instead of one per context.
+    """
+    import numpy as np
+    import torch
+
+    device = next(model.parameters()).device
+    pairs = [(k, j) for k in range(len(contexts)) for j in range(len(choices))]
+    pairs.sort(key=lambda p: len(contexts[p[0]]) + len(choices[p[1]]))
+    scores = np.zeros((len(contexts), len(choices)))
+    with torch.inference_mode():
+        for batch in _batches(pairs, batch_size):
+            seqs = [contexts[k] + choices[j] for k, j in batch]
+            width = max(map(len, seqs))
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for b, seq in enumerate(seqs):
+                ids[b, :len(seq)] = torch.tensor(seq)
+                mask[b, :len(seq)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            logp = logits[:, -width:].float().log_softmax(-1).cpu()  # virtual-token positions dropped
+            for b, (k, j) in enumerate(batch):
+                start, ch = len(contexts[k]), choices[j]
+                total = sum(logp[b, start - 1 + t, ch[t]].item() for t in range(len(ch)))
+                scores[k, j] = total / len(ch) if normalize else total
     return scores
 
 

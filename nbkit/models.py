@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from .errors import ConfigError, MissingDependencyError, NbkitError, UnknownName
 # inference kernel package is missing; it falls back to its own kernel, and that
 # package has no bearing on training (docs/qlora-cpu.md). Keep the noise out of notebooks.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# peft's prefix tuning hands its prefix over as `past_key_values`, which transformers 5.2x renamed
+# `cache`; the warning is about peft's call, not the user's code
+warnings.filterwarnings("ignore", message=".*`past_key_values` is deprecated.*", category=FutureWarning)
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,13 @@ class Model:
                 yield self.model
             return
         key = str(Path(path).resolve())
+        kind = _peft_type(key)
+        if isinstance(self.model, PeftModel) and _peft_type_of(self.model) != kind:
+            # peft keeps one kind of tuner per model (LoRA and IA3 layers, or a learned prompt):
+            # take the current kind off, keeping the base's own weights, and load the new kind
+            self.model = self.model.unload() if not self.model.active_peft_config.is_prompt_learning \
+                else self.model.base_model
+            self._adapters.clear()
         if key not in self._adapters:
             name = f"a{len(self._adapters)}"
             if isinstance(self.model, PeftModel):
@@ -240,6 +251,18 @@ class Model:
             self._adapters[key] = name
         self.model.set_adapter(self._adapters[key])
         yield self.model
+
+
+def _peft_type(adapter_dir: str) -> str:
+    """The peft type an adapter directory holds (LORA, IA3, PROMPT_TUNING, …); DoRA counts as LoRA."""
+    import json
+
+    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("peft_type", "LORA")
+
+
+def _peft_type_of(model) -> str:
+    peft_type = model.active_peft_config.peft_type
+    return getattr(peft_type, "value", str(peft_type))
 
 
 # The session's loaded models: %%prompt, %tune and %evaluate share one copy.

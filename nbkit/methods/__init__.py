@@ -2,7 +2,8 @@
 
 Each method is one module that calls :func:`register_method`. A method names
 its options dataclass (validated in ``__post_init__``), the quantization its
-base model needs, its default learning rate, and how it wraps a model for
+base model needs, its default learning rate, what it produces (an adapter on
+the layers, a learned prompt, or a whole model) and how it wraps a model for
 training. Adding a method is adding a module, not editing an if-chain.
 """
 
@@ -15,24 +16,39 @@ from typing import Any, Callable, Mapping
 from ..errors import ConfigError, UnknownNameError
 
 
+@dataclass
+class BuildContext:
+    """What a method may need besides the model: the tokenizer, the prompt, where the base model lives."""
+
+    tokenizer: Any = None
+    prompt: Any = None  # the nbkit Prompt being trained
+    model_path: str | None = None
+
+
 @dataclass(frozen=True)
 class Method:
     """A way to tune a model.
 
     Args:
         name: the ``--method`` value.
-        options: dataclass of the method's options (``r``, ``alpha``, …).
-        build: ``build(model, options) -> model`` returning the trainable (peft) model.
+        options: dataclass of the method's options (``r``, ``alpha``, ``virtual_tokens``, …).
+        build: ``build(model, options, context) -> model`` returning the model to train.
         quantize: what the base model is loaded as (``None``, ``"4bit"``).
         lr: default learning rate, chosen so the defaults learn on a small data set.
+        kind: ``adapter`` (peft layers), ``prompt`` (peft learned prompt) or ``full`` (every weight;
+            the run saves a whole model).
+        check: ``check(model_config, options)`` raising :class:`ConfigError` when the method cannot
+            work on that architecture; runs before any weights load.
         summary: one line for help texts.
     """
 
     name: str
     options: type
-    build: Callable[[Any, Any], Any]
+    build: Callable[[Any, Any, BuildContext], Any]
     quantize: str | None = None
     lr: float = 2e-4
+    kind: str = "adapter"
+    check: Callable[[Any, Any], None] | None = None
     summary: str = ""
 
     def make_options(self, values: Mapping[str, Any] | None = None):
@@ -41,7 +57,8 @@ class Method:
         known = {f.name for f in dataclasses.fields(self.options)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(unknown[0], f"is not an option of method {self.name!r}; it takes: {', '.join(sorted(known))}")
+            takes = ", ".join(sorted(known)) or "no options"
+            raise ConfigError(unknown[0], f"is not an option of method {self.name!r}; it takes: {takes}")
         return self.options(**values)
 
 
@@ -67,5 +84,13 @@ def available_methods() -> list[str]:
     return sorted(METHODS)
 
 
+def positive_int(name: str, value, allow_none: bool = False) -> None:
+    """Raise a :class:`ConfigError` naming ``name`` unless ``value`` is a positive integer."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(name, f"must be a positive integer, got {value!r}")
+
+
 def _load_builtin() -> None:
-    from . import lora, qlora  # noqa: F401  (each registers itself)
+    from . import dora, full, ia3, lora, p_tuning, prefix_tuning, prompt_tuning, qlora  # noqa: F401

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from . import Method, register_method
+from . import Method, positive_int, register_method
 
 
 @dataclass
@@ -18,11 +18,10 @@ class LoraOptions:
     )
 
     def __post_init__(self):
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
-            raise ConfigError("r", f"must be a positive integer, got {self.r!r}")
-        if not self.alpha > 0:
+        positive_int("r", self.r)
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
             raise ConfigError("alpha", f"must be positive, got {self.alpha!r}")
-        if not 0 <= self.dropout < 1:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout!r}")
         if not str(self.target_modules).strip():
             raise ConfigError("target_modules", "is empty; use all-linear or layer names like q_proj,v_proj")
@@ -30,16 +29,32 @@ class LoraOptions:
     def peft_config(self, **extra):
         from peft import LoraConfig
 
-        targets = self.target_modules
-        if targets != "all-linear":
-            targets = [t.strip() for t in str(targets).split(",") if t.strip()]
         return LoraConfig(
             r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-            target_modules=targets, task_type="CAUSAL_LM", **extra,
+            target_modules=split_modules(self.target_modules), task_type="CAUSAL_LM", **extra,
         )
 
 
-def build(model, options: LoraOptions):
+def split_modules(value: str):
+    """``all-linear`` stays a string (peft's keyword); ``q_proj, v_proj`` becomes a list."""
+    if value == "all-linear":
+        return value
+    return [t.strip() for t in str(value).split(",") if t.strip()]
+
+
+def check_modules(model_config, options) -> None:
+    """Named target modules must exist in the architecture; checked from the config's layer names."""
+    names = split_modules(options.target_modules)
+    if names == "all-linear" or getattr(model_config, "model_type", None) not in ("llama", "mistral", "qwen2", "qwen3"):
+        return  # unknown layouts are left to peft, which names the missing module itself
+    known = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ConfigError("target_modules", f"{missing[0]!r} is not a layer of a {model_config.model_type} model; "
+                          f"its linear layers: {', '.join(sorted(known - {'lm_head'}))}")
+
+
+def build(model, options: LoraOptions, context=None):
     from peft import get_peft_model
 
     return get_peft_model(model, options.peft_config())
@@ -48,6 +63,6 @@ def build(model, options: LoraOptions):
 register_method(Method(
     "lora", LoraOptions, build, quantize=None,
     # 5e-4: on ~200 short examples and 3 epochs (~75 steps) smaller rates leave accuracy on the table
-    lr=5e-4,
+    lr=5e-4, check=check_modules,
     summary="low-rank adapters on every linear layer, full-precision base",
 ))

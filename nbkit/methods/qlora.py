@@ -13,7 +13,7 @@ unpacks any layer already converted. The evidence is in ``docs/qlora-cpu.md``.
 from __future__ import annotations
 
 from . import Method, register_method
-from .lora import LoraOptions
+from .lora import LoraOptions, check_modules
 
 
 def keep_trainable_layout(model) -> int:
@@ -39,7 +39,7 @@ def keep_trainable_layout(model) -> int:
     return unpacked
 
 
-def build(model, options: LoraOptions):
+def build(model, options: LoraOptions, context=None):
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     keep_trainable_layout(model)
@@ -49,6 +49,6 @@ def build(model, options: LoraOptions):
 
 
 register_method(Method(
-    "qlora", LoraOptions, build, quantize="4bit", lr=5e-4,
+    "qlora", LoraOptions, build, quantize="4bit", lr=5e-4, check=check_modules,
     summary="LoRA on a 4-bit NF4 base (bitsandbytes): a quarter of the base model's memory",
 ))
