@@ -36,6 +36,22 @@ def expand(line: str, namespace) -> str:
     return _DOLLAR.sub(value, line)
 
 
+# %tune flags that are method options; each method validates its own and rejects the others by name
+METHOD_OPTIONS = ("r", "alpha", "dropout", "target_modules", "feedforward_modules", "virtual_tokens", "init",
+                  "encoder", "encoder_hidden", "projection", "max_parameters")
+
+
+def _number_or_name(value: str | None):
+    """``0.1`` → 0.1, ``20`` → 20, ``validation`` → "validation"."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and number >= 1 else number
+
+
 def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -105,7 +121,8 @@ class NbkitMagics(Magics):
     @argument("--prompt", required=True, help="name of the prompt to train on")
     @argument("--data", required=True, help="data spec; its train split is used")
     @argument("--model", default="smollm2-135m", help="base model spec (default smollm2-135m)")
-    @argument("--method", default="lora", help="lora or qlora (see %%nbkit methods)")
+    @argument("--method", default="lora",
+              help="lora, qlora, dora, ia3, prompt-tuning, p-tuning, prefix-tuning or full (see %%nbkit methods)")
     @argument("--epochs", type=float, default=3, help="passes over the data (default 3)")
     @argument("--max-steps", type=int, help="stop after this many steps")
     @argument("--lr", type=float, help="learning rate (default: the method's)")
@@ -114,12 +131,23 @@ class NbkitMagics(Magics):
     @argument("--r", type=int, help="LoRA rank (default 8)")
     @argument("--alpha", type=float, help="LoRA alpha (default 16)")
     @argument("--dropout", type=float, help="LoRA dropout (default 0.05)")
-    @argument("--target-modules", help="layers to adapt: all-linear or names like q_proj,v_proj")
+    @argument("--target-modules", help="layers to adapt: all-linear or names like q_proj,v_proj (lora, dora, ia3)")
+    @argument("--feedforward-modules", help="ia3: which target modules are feed-forward layers")
+    @argument("--virtual-tokens", type=int, help="soft prompt / prefix length (prompt-tuning, p-tuning, prefix-tuning)")
+    @argument("--init", help="prompt-tuning: text (start from the prompt's words, default) or random")
+    @argument("--encoder", help="p-tuning: prompt encoder, mlp or lstm")
+    @argument("--encoder-hidden", type=int, help="p-tuning / prefix-tuning: hidden size of the encoder")
+    @argument("--projection", action="store_const", const=True, help="prefix-tuning: reparameterise through an MLP")
+    @argument("--max-parameters", type=float, help="full: refuse models larger than this")
     @argument("--max-length", type=int, default=256, help="tokens per example (default 256)")
     @argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps (default 0.1)")
     @argument("--seed", type=int, default=0, help="random seed (default 0)")
     @argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
               help="autocast: auto (bf16 on GPUs that have it, fp32 on CPU), bf16, fp16 or fp32")
+    @argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory, slower")
+    @argument("--dev", help="held-out data scored during training: a fraction (0.1) or count of train, or a split")
+    @argument("--eval-every", type=int, help="steps between dev evaluations (default: five per run)")
+    @argument("--patience", type=int, help="early stopping: evaluations without improvement before stopping")
     @argument("--name", help="run name (default <prompt>-<method>)")
     @argument("--resume", action="store_true", help="continue run --name from its last checkpoint")
     @argument("--overwrite", action="store_true", help="replace an existing run of the same name")
@@ -141,11 +169,13 @@ class NbkitMagics(Magics):
             callbacks = [TuneWidget(display=display)]
         else:
             callbacks = [PlainProgress()] if mode == "plain" else []
-        options = {"r": args.r, "alpha": args.alpha, "dropout": args.dropout, "target_modules": args.target_modules}
+        options = {name: getattr(args, name) for name in METHOD_OPTIONS}
         run = tune(
             args.prompt, args.data, model=args.model, method=args.method, epochs=args.epochs,
             max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
-            max_length=args.max_length, warmup=args.warmup, seed=args.seed, precision=args.precision, name=args.name,
+            max_length=args.max_length, warmup=args.warmup, seed=args.seed, precision=args.precision,
+            gradient_checkpointing=args.gradient_checkpointing, dev=_number_or_name(args.dev),
+            eval_every=args.eval_every, patience=args.patience, name=args.name,
             resume=args.resume, overwrite=args.overwrite, namespace=self.shell.user_ns, callbacks=callbacks,
             **{k: v for k, v in options.items() if v is not None},
         )
@@ -190,8 +220,12 @@ class NbkitMagics(Magics):
         if args.what == "methods":
             from nbkit.methods import METHODS, available_methods
 
+            import dataclasses
+
             for name in available_methods():
-                print(f"{name:16} {METHODS[name].summary}")
+                m = METHODS[name]
+                options = ", ".join(f"--{f.name.replace('_', '-')} ({f.default})" for f in dataclasses.fields(m.options))
+                print(f"{name:14} {m.summary}\n{'':14} lr {m.lr:g}; options: {options or 'none'}")
             return
         if args.what == "samples":
             from nbkit.data import available_samples
@@ -221,8 +255,9 @@ HELP = """nbkit magics  ($name in a magic line is replaced by the notebook varia
   %%prompt NAME [--target T] [--choices a,b] [--system S] [--shots K] [--run --data D --limit N] [-o VAR]
       define a Jinja2 prompt from the cell body; --run generates on N rows (or, with no
       variables and no --data, sends the text to the model like a chat cell)
-  %tune --prompt NAME --data D [--method lora|qlora] [--epochs E] [--lr LR] [--name RUN] [-o VAR]
-      fine-tune; shows a live widget in Jupyter, plain lines under papermill; returns a Run
+  %tune --prompt NAME --data D [--method M] [--epochs E] [--lr LR] [--dev 0.1] [--name RUN] [--resume] [-o VAR]
+      fine-tune with lora, qlora, dora, ia3, prompt-tuning, p-tuning, prefix-tuning or full;
+      a live widget in Jupyter, plain lines under papermill; returns a Run
   %evaluate --prompt NAME [--prompt ...] [--run RUN ...] [--data D] [--split test] [-o VAR]
       score prompts and runs side by side; returns a Report (.frame is a DataFrame)
   %nbkit [list|methods|samples|help]

@@ -1,4 +1,5 @@
-"""The live ``%tune`` widget: progress bar, loss curve, step/epoch, tokens/s and ETA.
+"""The live ``%tune`` widget: progress bar, loss curve, step/epoch, tokens/s and ETA,
+and with ``--dev`` the held-out metric and a few generations at each evaluation.
 
 It subscribes to nbkit's training events; the core never draws. The bar turns
 green when the run completes, orange when interrupted and red when it fails.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import html
 import time
 
-from nbkit.events import Begin, Callback, End, Step, fmt_seconds
+from nbkit.events import Begin, Callback, End, Evaluation, Step, fmt_seconds
 
 
 def loss_svg(losses: list[float], width: int = 360, height: int = 110) -> str:
@@ -43,7 +44,8 @@ class TuneWidget(Callback):
                                  layout=w.Layout(width="360px"))
         self.status = w.HTML("starting…")
         self.curve = w.HTML(loss_svg([]))
-        self.box = w.VBox([w.HBox([self.bar, self.status]), self.curve])
+        self.dev = w.HTML("")  # the dev metric and sample generations, once evaluated
+        self.box = w.VBox([w.HBox([self.bar, self.status]), self.curve, self.dev])
         self.box.add_class("nbkit-tune-widget")
         self.losses: list[float] = []
         self._drawn = 0.0
@@ -53,6 +55,8 @@ class TuneWidget(Callback):
         self.bar.value = e.resumed_from
         self.bar.description = e.run_name[:12]
         note = f"; {e.truncated} truncated" if e.truncated else ""
+        if e.memory_advice:
+            note += f"<br><b>may not fit</b> ({html.escape(e.memory or '')}); try {html.escape('; or '.join(e.memory_advice))}"
         self.status.value = (f"{html.escape(e.method)} on {html.escape(e.model)}: {e.examples} examples, "
                              f"{e.total_steps} steps, {e.trainable_parameters:,} trainable parameters{note}")
         if self._display is not None:
@@ -68,6 +72,20 @@ class TuneWidget(Callback):
             self.curve.value = loss_svg(self.losses)
             self._drawn = now
 
+    def on_evaluate(self, e: Evaluation) -> None:
+        value = f"{e.value:.4f}" if e.value is not None else "?"
+        best = " (best so far)" if e.best else ""
+        rows = "".join(
+            f"<tr><td>{html.escape(_tail(s['input']))}</td><td><b>{html.escape(s['output'])}</b></td>"
+            f"<td>{html.escape(s['expected'])}</td></tr>" for s in e.samples
+        )
+        table = (f"<table class='nbkit-samples'><tr><th>input</th><th>output</th><th>expected</th></tr>{rows}</table>"
+                 if rows else "")
+        self.dev.value = f"<div class='nbkit-dev'>step {e.step}: dev {html.escape(e.metric)} {value}{best}{table}</div>"
+
+    def on_note(self, text: str) -> None:
+        self.status.value = html.escape(text)
+
     def on_end(self, e: End) -> None:
         self.curve.value = loss_svg(self.losses)
         self.bar.bar_style = {"completed": "success", "interrupted": "warning"}.get(e.status, "danger")
@@ -75,3 +93,8 @@ class TuneWidget(Callback):
         loss = f" · final loss {loss:.4f}" if isinstance(loss, float) else ""
         error = f" · {html.escape(e.error)}" if e.error else ""
         self.status.value = f"<b>{e.status}</b> after {e.steps} steps in {fmt_seconds(e.elapsed)}{loss}{error}"
+
+
+def _tail(text: str, width: int = 70) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else "…" + text[-(width - 1):]

@@ -1,4 +1,4 @@
-"""The ``nbkit`` command: ``nbkit run NOTEBOOK -p key value …``."""
+"""The ``nbkit`` command: ``nbkit run NOTEBOOK -p key value …`` and ``nbkit export RUN --merge``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,15 @@ def _run(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .exports import export
+
+    result = export(args.run, args.out or f"{args.run.rstrip('/').split('/')[-1]}-export", merge=args.merge,
+                    overwrite=args.overwrite)
+    print(f"nbkit: {result!r}")
+    return 0
+
+
 def _table(results: dict, metrics: list[str]) -> str:
     names = list(results)
     width = max([len("target")] + [len(n) for n in names])
@@ -41,9 +50,15 @@ def main(argv=None) -> int:
                      help="set a parameter of the notebook's parameters cell (repeatable)")
     run.add_argument("--jobs-dir", default="jobs", help="where job folders go (default ./jobs)")
     run.add_argument("--kernel", help="kernel name (default: this Python)")
+    exp = sub.add_parser("export", help="write a run as a merged model (or its adapter) for other tools")
+    exp.add_argument("run", help="run name or directory")
+    exp.add_argument("--out", help="folder to write (default <run>-export)")
+    exp.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
+                     help="fold the adapter into the base weights (default); --no-merge copies the adapter")
+    exp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
     try:
-        return _run(args)
+        return {"run": _run, "export": _export}[args.command](args)
     except NbkitError as e:
         print(f"nbkit: error: {e}", file=sys.stderr)
         return 1

@@ -27,6 +27,9 @@ class Begin:
     total_parameters: int
     truncated: int = 0  # examples cut to max_length; reported, never silent
     resumed_from: int = 0
+    dev_examples: int = 0  # held-out rows evaluated during training
+    memory: str | None = None  # the memory estimate, described
+    memory_advice: list[str] | None = None  # set when the estimate does not fit: what to change
 
 
 @dataclass
@@ -41,6 +44,19 @@ class Step:
     tokens_per_second: float
     elapsed: float
     eta: float
+
+
+@dataclass
+class Evaluation:
+    """The model was scored on the dev data during training."""
+
+    step: int
+    total_steps: int
+    metric: str  # accuracy (with label choices) or loss
+    value: float | None
+    loss: float | None
+    best: bool  # the best so far: this checkpoint becomes the adapter unless a later one beats it
+    samples: list = field(default_factory=list)  # dicts of input, output, expected
 
 
 @dataclass
@@ -62,6 +78,10 @@ class Callback:
 
     def on_step(self, event: Step) -> None: ...
 
+    def on_evaluate(self, event: Evaluation) -> None: ...
+
+    def on_note(self, text: str) -> None: ...
+
     def on_end(self, event: End) -> None: ...
 
 
@@ -78,6 +98,14 @@ class Emitter(Callback):
     def on_step(self, event):
         for cb in self.callbacks:
             cb.on_step(event)
+
+    def on_evaluate(self, event):
+        for cb in self.callbacks:
+            cb.on_evaluate(event)
+
+    def on_note(self, text):
+        for cb in self.callbacks:
+            cb.on_note(text)
 
     def on_end(self, event):
         for cb in self.callbacks:
@@ -108,6 +136,12 @@ class PlainProgress(Callback):
         )
         if e.truncated:
             self._print(f"  note: {e.truncated} example(s) longer than max_length were truncated")
+        if e.memory:
+            self._print(f"  memory: {e.memory}")
+        if e.memory_advice:
+            self._print(f"  warning: this may not fit; try {'; or '.join(e.memory_advice)}")
+        if e.dev_examples:
+            self._print(f"  evaluating on {e.dev_examples} held-out examples during training")
         self._next = 1 / self.lines
 
     def on_step(self, e: Step) -> None:
@@ -120,7 +154,22 @@ class PlainProgress(Callback):
             f"{e.tokens_per_second:.0f} tok/s  elapsed {fmt_seconds(e.elapsed)}  eta {fmt_seconds(e.eta)}"
         )
 
+    def on_evaluate(self, e: Evaluation) -> None:
+        value = f"{e.value:.4f}" if e.value is not None else "?"
+        best = "  (best so far)" if e.best else ""
+        self._print(f"  eval at step {e.step}: dev {e.metric} {value}{best}")
+        for s in e.samples[:2]:
+            self._print(f"    {_short(s['input'])!r} -> {_short(s['output'])!r} (expected {_short(s['expected'])!r})")
+
+    def on_note(self, text: str) -> None:
+        self._print(f"  {text}")
+
     def on_end(self, e: End) -> None:
         where = f" -> {e.run.path}" if e.run is not None else ""
         detail = f": {e.error}" if e.error else ""
         self._print(f"tune {e.status} after {e.steps} steps in {fmt_seconds(e.elapsed)}{detail}{where}")
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else "…" + text[-(width - 1):]

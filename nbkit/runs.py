@@ -9,8 +9,9 @@
 - ``prompt.json``       the prompt it was trained with
 - ``data.json``         the data spec, row counts and a fingerprint of the training split
 - ``metrics.jsonl``     one line per logged step
+- ``dev.jsonl``         one line per evaluation on held-out data during training (``--dev``)
 - ``status.json``       running / completed / interrupted / failed, with times and the error
-- ``checkpoints/``      trainer checkpoints for ``--resume``
+- ``checkpoints/``      trainer checkpoints for ``--resume``; removed when the run completes
 """
 
 from __future__ import annotations
@@ -77,20 +78,35 @@ class Run:
     def metrics(self) -> dict:
         return self._read("status.json", {}).get("metrics", {})
 
-    @property
-    def history(self) -> list[dict]:
+    def _read_lines(self, filename: str) -> list[dict]:
         try:
-            lines = (self.path / "metrics.jsonl").read_text().splitlines()
+            lines = (self.path / filename).read_text().splitlines()
         except FileNotFoundError:
             return []
         return [json.loads(line) for line in lines if line.strip()]
+
+    @property
+    def history(self) -> list[dict]:
+        """One row per logged training step: step, epoch, loss, lr, tokens, elapsed."""
+        return self._read_lines("metrics.jsonl")
+
+    @property
+    def dev_history(self) -> list[dict]:
+        """One row per evaluation on the dev data during training (``--dev``)."""
+        return self._read_lines("dev.jsonl")
 
     @property
     def adapter_path(self) -> Path:
         return self.path / "adapter"
 
     def has_adapter(self) -> bool:
-        return (self.adapter_path / "adapter_config.json").exists()
+        """Whether training finished and left its result: a peft adapter, or a whole model (``full``)."""
+        return any((self.adapter_path / f).exists() for f in ("adapter_config.json", "config.json"))
+
+    @property
+    def is_full_model(self) -> bool:
+        """A ``full`` fine-tune: ``adapter/`` holds a whole model, loaded instead of the base."""
+        return (self.adapter_path / "config.json").exists() and not (self.adapter_path / "adapter_config.json").exists()
 
     def __repr__(self):
         loss = self.metrics.get("train_loss")
@@ -105,7 +121,11 @@ class Run:
             ("train loss", _fmt(m.get("train_loss"))), ("time", _fmt(m.get("train_seconds"), "s", digits=1)),
             ("tokens/s", _fmt(m.get("tokens_per_second"), digits=0)),
             ("trainable parameters", f"{m['trainable_parameters']:,}" if "trainable_parameters" in m else None),
+            ("peak memory", _fmt(m.get("peak_memory_mb"), " MiB", digits=0)),
         ]
+        dev = next((k for k in m if k.startswith("dev_") and k != "dev_examples"), None)
+        if dev:
+            rows.append((f"best dev {dev[4:]}", f"{_fmt(m[dev])} at step {m.get('best_step')}"))
         body = "".join(
             f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
             for k, v in rows if v is not None
@@ -132,15 +152,25 @@ class Run:
         data.update(status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
         write_json(self.path / "status.json", data)
 
-    def append_metrics(self, row: Mapping) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
+    def append_metrics(self, row: Mapping, filename: str = "metrics.jsonl") -> None:
+        with open(self.path / filename, "a") as f:
             f.write(json.dumps(dict(row), sort_keys=True) + "\n")
 
-    def save_adapter(self, model) -> None:
-        """Save ``model``'s adapter atomically into ``adapter/``."""
+    def drop_checkpoints(self) -> None:
+        """Remove ``checkpoints/`` once the adapter is saved: only unfinished runs resume."""
+        shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+
+    def save_adapter(self, model, tokenizer=None) -> None:
+        """Save ``model``'s adapter atomically into ``adapter/``.
+
+        For full fine-tuning ``model`` is the whole model and ``tokenizer`` is saved beside it,
+        so ``adapter/`` is a model directory any ``from_pretrained`` loads.
+        """
         tmp = self.path / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         old = self.path / ".adapter.old"
         if self.adapter_path.exists():
             os.replace(self.adapter_path, old)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -18,8 +19,8 @@ from . import events
 from .data import fingerprint, load_data
 from .encoding import training_example
 from .errors import ConfigError, TrainingFailed, TrainingInterrupted
-from .methods import get_method
-from .models import DEFAULT_MODEL, autocast_precision, load_model
+from .methods import BuildContext, get_method
+from .models import DEFAULT_MODEL, _quiet, autocast_precision, load_model
 from .prompts import Prompt, get_prompt
 from .runs import RUNS, Run, runs_dir, write_json
 
@@ -42,6 +43,17 @@ class TuneConfig:
     seed: int = field(default=0, metadata={"help": "seed of the adapter init and the data order"})
     precision: str = field(
         default="auto", metadata={"help": "autocast: auto (bf16 on GPUs that have it, else fp32), bf16, fp16 or fp32"}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in the backward pass: less memory, ~30% slower"}
+    )
+    dev: float | int | str | None = field(
+        default=None, metadata={"help": "held-out data evaluated during training: a fraction or count of the "
+                                        "train split, or a split name; picks the best checkpoint"}
+    )
+    eval_every: int | None = field(default=None, metadata={"help": "steps between evaluations; default 5 per run"})
+    patience: int | None = field(
+        default=None, metadata={"help": "stop after this many evaluations without improvement (needs dev)"}
     )
     name: str | None = field(default=None, metadata={"help": "run name; default <prompt>-<method>"})
     options: dict = field(default_factory=dict, metadata={"help": "method options (r, alpha, dropout, …)"})
@@ -66,6 +78,21 @@ class TuneConfig:
             raise ConfigError("warmup", f"must be a fraction in [0, 1), got {self.warmup!r}")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ConfigError("precision", f"must be auto, bf16, fp16 or fp32, got {self.precision!r}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError("gradient_checkpointing", f"must be true or false, got {self.gradient_checkpointing!r}")
+        if self.dev is not None:
+            if isinstance(self.dev, bool) or (isinstance(self.dev, (int, float)) and not self.dev > 0):
+                raise ConfigError("dev", f"must be a fraction in (0, 1), a row count or a split name, got {self.dev!r}")
+            if isinstance(self.dev, float) and self.dev >= 1 and not self.dev.is_integer():
+                raise ConfigError("dev", f"must be a fraction in (0, 1) or a whole row count, got {self.dev!r}")
+            if isinstance(self.dev, str) and (not self.dev or self.dev == "train"):
+                raise ConfigError("dev", "must not be the train split: evaluate on data the run does not train on")
+        if self.eval_every is not None:
+            positive("eval_every", self.eval_every, int)
+        if self.patience is not None:
+            positive("patience", self.patience, int)
+            if self.dev is None:
+                raise ConfigError("patience", "needs --dev: early stopping watches a held-out metric")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise ConfigError("name", f"must be a plain folder name, got {self.name!r}")
 
@@ -96,6 +123,10 @@ def tune(
     warmup: float = 0.1,
     seed: int = 0,
     precision: str = "auto",
+    gradient_checkpointing: bool = False,
+    dev: float | int | str | None = None,
+    eval_every: int | None = None,
+    patience: int | None = None,
     name: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -109,15 +140,22 @@ def tune(
         prompt: a :class:`Prompt` or the name of a registered one.
         data: a data spec (see :func:`nbkit.load_data`); its ``train`` split is used.
         model: base model spec.
-        method: ``lora`` or ``qlora`` (see ``nbkit.methods.available_methods()``).
+        method: ``lora``, ``qlora``, ``dora``, ``ia3``, ``prompt-tuning``, ``p-tuning``, ``prefix-tuning``
+            or ``full`` (see ``nbkit.methods.available_methods()``).
         epochs, max_steps, lr, batch_size, grad_accum, max_length, warmup, seed: training settings.
         precision: ``auto`` (bf16 autocast on GPUs that have it, fp32 on CPU), ``bf16``, ``fp16``, ``fp32``.
+        gradient_checkpointing: trade compute for activation memory.
+        dev: held-out data scored during training (fraction or count of the train split, or a split
+            name); the best checkpoint by its metric becomes the run's adapter.
+        eval_every: steps between those evaluations (default: five per run).
+        patience: stop after this many evaluations without improvement.
         name: run name (a folder under ``runs/``); default ``<prompt>-<method>``, numbered if taken.
         resume: continue the run ``name`` from its last checkpoint.
         overwrite: replace an existing run directory of the same name.
         namespace: where data given as a variable name is looked up.
         callbacks: progress subscribers; default prints a few plain lines.
-        **options: method options (``r``, ``alpha``, ``dropout``, ``target_modules``).
+        **options: method options (``r``, ``alpha``, ``dropout``, ``target_modules``, ``virtual_tokens``, …;
+            ``%nbkit methods`` lists them).
 
     Returns:
         The :class:`Run`, completed.
@@ -131,30 +169,29 @@ def tune(
     cfg = TuneConfig(
         prompt=prompt.name, data=data_spec, model=model, method=method, epochs=epochs, max_steps=max_steps,
         lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, warmup=warmup,
-        seed=seed, precision=precision, name=name, options=options,
+        seed=seed, precision=precision, gradient_checkpointing=gradient_checkpointing, dev=dev,
+        eval_every=eval_every, patience=patience, name=name, options=options,
     )
     spec = get_method(cfg.method)
     method_options = spec.make_options(cfg.options)
     cfg.options, cfg.lr = dataclasses.asdict(method_options), cfg.lr or spec.lr
     splits = load_data(data, namespace)
-    train = splits["train"]
-    prompt = prompt.resolve_target(train.column_names)
-    prompt.check(train.column_names)
+    train, dev_rows = _split_dev(splits, cfg)
+    prompt = prompt.resolve_target(train[0].keys() if train else splits["train"].column_names)
+    prompt.check(splits["train"].column_names)
     if resume and not cfg.name:
         raise ConfigError("name", "is needed with --resume: which run should continue?")
+    model_config, model_path = _model_config(cfg.model)
+    if spec.check is not None:
+        spec.check(model_config, method_options)  # an unfit method fails before any weights load
     cfg.name = cfg.name or _free_name(f"{prompt.name}-{cfg.method}")
     run = Run.create(cfg.name, overwrite=overwrite, resume=resume)
     emit = events.Emitter(callbacks if callbacks is not None else [events.PlainProgress()])
     _write_inputs(run, cfg, prompt, splits, resume)
 
     loaded = load_model(cfg.model, quantize=spec.quantize, fresh=True)
-    rows = list(train)
-    examples, truncated = [], 0
-    for i, row in enumerate(rows):
-        shots = prompt.pick_shots(rows, seed=cfg.seed + i, exclude=row)
-        example, cut = training_example(prompt, row, loaded.tokenizer, cfg.max_length, shots)
-        examples.append(example)
-        truncated += cut
+    examples, truncated = _examples(prompt, train, loaded.tokenizer, cfg)
+    dev_examples, _ = _examples(prompt, dev_rows, loaded.tokenizer, cfg, pool=train)
 
     import warnings
 
@@ -163,27 +200,109 @@ def tune(
     # peft asks the model for the old name of a transformers 5 property; harmless, and not the user's to fix
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     transformers.set_seed(cfg.seed)  # the adapter's initial weights come from this seed
-    model = spec.build(loaded.model, method_options)
+    context = BuildContext(tokenizer=loaded.tokenizer, prompt=prompt, model_path=model_path)
+    model = spec.build(loaded.model, method_options, context)
     trainable, total = _count_parameters(model)
-    trainer = _trainer(model, loaded, examples, cfg, run)
-    bridge = _Bridge(emit, run, cfg, examples=len(examples), truncated=truncated, trainable=trainable, total=total)
+    memory = _estimate(model_config, spec, cfg, loaded, trainable, examples)
+    dev_eval = DevEvaluator(prompt, dev_rows, dev_examples, train, loaded.tokenizer) if dev_rows else None
+    trainer = _trainer(model, loaded, examples, cfg, run, spec, dev_eval)
+    bridge = _Bridge(emit, run, cfg, examples=len(examples), truncated=truncated, trainable=trainable, total=total,
+                     memory=memory, dev_eval=dev_eval)
     trainer.add_callback(bridge)
     checkpoint = _last_checkpoint(run) if resume else None
+    if resume and checkpoint is None:
+        log = "no checkpoint yet: it starts from the beginning"
+        emit.on_note(f"run {run.name!r} has {log}")
 
     run.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), error=None)
     try:
-        trainer.train(resume_from_checkpoint=checkpoint)
-        _check_finite(bridge)
-        run.save_adapter(model)
+        with _soft_interrupt(bridge), _quiet():
+            trainer.train(resume_from_checkpoint=checkpoint)
+        if bridge.interrupt_requested:
+            raise KeyboardInterrupt
+        _check_finite(bridge, run)
+        with _quiet():
+            run.save_adapter(model, loaded.tokenizer if spec.kind == "full" else None)
+        run.drop_checkpoints()  # a completed run has nothing to resume; full-model checkpoints are GBs
     except KeyboardInterrupt:
         _finish(run, emit, bridge, "interrupted")
         raise TrainingInterrupted(run) from None
     except Exception as e:
-        _finish(run, emit, bridge, "failed", f"{type(e).__name__}: {e}")
-        raise TrainingFailed(run, f"{type(e).__name__}: {e}") from e
+        message = _explain(e, memory, spec, cfg)
+        _finish(run, emit, bridge, "failed", message)
+        raise TrainingFailed(run, message) from e
     _finish(run, emit, bridge, "completed")
     RUNS[run.name] = run
     return run
+
+
+def _split_dev(splits, cfg: TuneConfig) -> tuple[list[dict], list[dict]]:
+    """The rows to train on and the rows to evaluate on during training."""
+    import random
+
+    rows = list(splits["train"])
+    if cfg.dev is None:
+        return rows, []
+    if isinstance(cfg.dev, str):
+        if cfg.dev not in splits:
+            raise ConfigError("dev", f"{cfg.dev!r} is not a split of the data; splits: {', '.join(splits)}, "
+                              "or give a fraction of train like 0.1")
+        return rows, list(splits[cfg.dev])
+    n = int(cfg.dev) if cfg.dev >= 1 else max(1, round(cfg.dev * len(rows)))
+    if n >= len(rows):
+        raise ConfigError("dev", f"holds out {n} of {len(rows)} training rows; nothing would be left to train on")
+    order = list(range(len(rows)))
+    random.Random(cfg.seed).shuffle(order)
+    held = set(order[:n])
+    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+
+
+def _model_config(spec: str):
+    """The model's configuration and where it lives, without loading weights."""
+    from transformers import AutoConfig
+
+    from .errors import NbkitError
+    from .models import resolve
+
+    _, source = resolve(spec)
+    try:
+        return AutoConfig.from_pretrained(source), source
+    except OSError as e:
+        raise NbkitError(f"could not load model {spec!r}: {e}") from None
+
+
+def _examples(prompt: Prompt, rows, tokenizer, cfg: TuneConfig, pool=None):
+    examples, truncated = [], 0
+    pool = rows if pool is None else pool
+    for i, row in enumerate(rows):
+        shots = prompt.pick_shots(pool, seed=cfg.seed + i, exclude=row)
+        example, cut = training_example(prompt, row, tokenizer, cfg.max_length, shots)
+        examples.append(example)
+        truncated += cut
+    return examples, truncated
+
+
+def _estimate(model_config, spec, cfg: TuneConfig, loaded, trainable: int, examples):
+    from .memory import estimate_training
+
+    longest = max((e["length"] for e in examples), default=cfg.max_length)
+    weight_bytes = 2 if str(getattr(loaded.model, "dtype", "")).endswith(("bfloat16", "float16")) else 4
+    return estimate_training(
+        model_config, method_kind=spec.kind, quantize=spec.quantize, trainable=trainable,
+        batch_size=cfg.batch_size, seq_len=longest, weight_bytes=weight_bytes,
+        gradient_checkpointing=cfg.gradient_checkpointing, device=loaded.device,
+    )
+
+
+def _explain(error: Exception, memory, spec, cfg: TuneConfig) -> str:
+    """A failure as one message; out-of-memory comes with the estimate and what to change."""
+    if isinstance(error, FloatingPointError):  # nbkit's own NaN message says everything
+        return str(error)
+    text = f"{type(error).__name__}: {error}"
+    if "out of memory" in str(error).lower() or type(error).__name__ == "OutOfMemoryError":
+        tips = "; ".join(memory.suggestions(cfg.method, cfg.batch_size, cfg.gradient_checkpointing))
+        return f"out of memory: {memory.describe()}. Try: {tips}"
+    return text
 
 
 def _free_name(base: str) -> str:
@@ -235,13 +354,55 @@ def _collate(pad_id: int):
     return collate
 
 
-def _trainer(model, loaded, examples, cfg: TuneConfig, run: Run):
+def optimizer_name(device: str, quantize: str | None) -> str:
+    """Paged 8-bit AdamW for 4-bit bases on CUDA (the QLoRA recipe); plain AdamW elsewhere.
+
+    bitsandbytes' paged optimizers page their states to host memory under pressure; they
+    exist for CUDA only.
+    """
+    import importlib.util
+
+    if device.startswith("cuda") and quantize == "4bit" and importlib.util.find_spec("bitsandbytes"):
+        return "paged_adamw_8bit"
+    return "adamw_torch"
+
+
+def schedule(cfg: TuneConfig, examples: int, dev: bool) -> dict:
+    """Steps, evaluation and checkpoint intervals of a run."""
+    steps_per_epoch = math.ceil(examples / (cfg.batch_size * cfg.grad_accum))
+    total = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    if not dev:
+        return {"total": total, "save_steps": max(10, total // 4), "eval_steps": None}
+    every = cfg.eval_every or max(1, total // 5)
+    # best-checkpoint selection needs a checkpoint at every evaluation
+    return {"total": total, "save_steps": every, "eval_steps": every}
+
+
+def _checkpointing_args(enabled: bool) -> dict:
+    """Activation checkpointing, under the argument name this transformers version uses."""
+    import dataclasses
+
+    import transformers
+
+    if not enabled:
+        return {}
+    names = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+    name = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
+
+
+def _trainer(model, loaded, examples, cfg: TuneConfig, run: Run, spec, dev_eval: "DevEvaluator | None"):
     import datasets
     import transformers
 
     precision = autocast_precision(loaded.device) if cfg.precision == "auto" else cfg.precision
-    steps_per_epoch = math.ceil(len(examples) / (cfg.batch_size * cfg.grad_accum))
-    total = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    plan = schedule(cfg, len(examples), dev_eval is not None)
+    dev_args = {}
+    if dev_eval is not None:
+        dev_args = dict(
+            eval_strategy="steps", eval_steps=plan["eval_steps"], load_best_model_at_end=True,
+            metric_for_best_model=dev_eval.metric, greater_is_better=dev_eval.greater_is_better,
+        )
     args = transformers.TrainingArguments(
         output_dir=str(run.path / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
@@ -253,9 +414,12 @@ def _trainer(model, loaded, examples, cfg: TuneConfig, run: Run):
         warmup_steps=cfg.warmup,
         weight_decay=0.0,
         logging_steps=1,
+        # the Trainer's default hides a NaN/inf loss (it logs the running mean, 0 at first): nbkit must see it
+        logging_nan_inf_filter=False,
         save_strategy="steps",
-        save_steps=max(10, total // 4),  # a few checkpoints to resume from, not one per step
-        save_total_limit=1,
+        save_steps=plan["save_steps"],  # a few checkpoints to resume from, not one per step
+        # with a dev set the best checkpoint is kept besides the last, so --resume still finds the last
+        save_total_limit=2 if dev_eval is not None else 1,
         report_to="none",
         disable_tqdm=True,
         log_level="error",
@@ -267,16 +431,122 @@ def _trainer(model, loaded, examples, cfg: TuneConfig, run: Run):
         remove_unused_columns=False,
         dataloader_pin_memory=False,
         use_cpu=loaded.device == "cpu",
-        optim="adamw_torch",
+        optim=optimizer_name(loaded.device, spec.quantize),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
+        **_checkpointing_args(cfg.gradient_checkpointing),
+        **dev_args,
     )
     dataset = datasets.Dataset.from_list(examples)
-    trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=dataset, data_collator=_collate(loaded.tokenizer.pad_token_id)
+    trainer = _NbkitTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=_collate(loaded.tokenizer.pad_token_id),
+        eval_dataset=datasets.Dataset.from_list(dev_eval.examples) if dev_eval is not None else None,
     )
+    trainer.dev_eval = dev_eval
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # it prints every log dict
+    if dev_eval is not None and cfg.patience:
+        trainer.add_callback(transformers.EarlyStoppingCallback(early_stopping_patience=cfg.patience))
     return trainer
+
+
+def _trainer_base():
+    from transformers import Trainer
+
+    return Trainer
+
+
+class _NbkitTrainer(_trainer_base()):
+    """``Trainer`` whose evaluation is nbkit's: dev loss, the prompt's metric, and a few generations."""
+
+    dev_eval: "DevEvaluator | None" = None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        metrics = self.dev_eval(self.model, self.data_collator, self.args.per_device_train_batch_size)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+class DevEvaluator:
+    """Scores the model being trained on held-out rows: loss, the prompt's metric, sample generations.
+
+    With label choices the metric is accuracy by label log-likelihood (the same scoring as
+    ``nbkit.evaluate``); for free text it is the loss, and three rows are generated so a user sees
+    the outputs change, not only a number.
+    """
+
+    samples = 3
+
+    def __init__(self, prompt: Prompt, rows, examples, pool, tokenizer):
+        self.prompt, self.rows, self.examples, self.pool, self.tokenizer = prompt, rows, examples, pool, tokenizer
+        self.metric = "accuracy" if prompt.choices else "loss"
+        self.greater_is_better = bool(prompt.choices)
+        self.last_samples: list[dict] = []
+
+    def __call__(self, model, collate, batch_size: int) -> dict:
+        import torch
+
+        from .encoding import encode_contexts
+        from .evaluation import _predict
+        from .inference import generate
+
+        was_training = model.training
+        model.eval()
+        try:
+            device = next(model.parameters()).device
+            total, tokens = 0.0, 0
+            with torch.no_grad():
+                for start in range(0, len(self.examples), batch_size):
+                    batch = {k: v.to(device) for k, v in collate(self.examples[start:start + batch_size]).items()}
+                    n = int((batch["labels"] != -100).sum())
+                    total += float(model(**batch).loss) * n
+                    tokens += n
+            metrics = {"eval_loss": total / max(tokens, 1)}
+            if self.prompt.choices:
+                frame = _predict(model, self.tokenizer, self.prompt, self.rows, self.pool, "sum", batch_size)
+                metrics["eval_accuracy"] = float(frame["correct"].mean())
+            shown = self.rows[:self.samples]
+            contexts = encode_contexts(self.prompt, shown, self.tokenizer, self.pool)
+            longest = max(len(self.tokenizer(self.prompt.render_target(r), add_special_tokens=False)["input_ids"])
+                          for r in shown)
+            outputs = generate(model, self.tokenizer, contexts, max_new_tokens=min(longest + 8, 64))
+            self.last_samples = [{"input": self.prompt.render(r), "output": o, "expected": self.prompt.render_target(r)}
+                                 for r, o in zip(shown, outputs)]
+        finally:
+            model.train(was_training)
+        return metrics
+
+
+class _soft_interrupt:
+    """The first Ctrl-C (a kernel interrupt) stops training at the end of the step with a checkpoint;
+    a second one interrupts at once."""
+
+    def __init__(self, bridge: "_Bridge"):
+        self.bridge, self.previous = bridge, None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals reach the main thread only; Ctrl-C then interrupts at once
+
+        def handler(signum, frame):
+            if self.bridge.interrupt_requested:
+                raise KeyboardInterrupt
+            self.bridge.interrupt_requested = True
+            self.bridge.emit.on_note("interrupt: stopping after this step and saving a checkpoint "
+                                     "(interrupt again to stop at once)")
+
+        self.previous = signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 def _last_checkpoint(run: Run) -> str | None:
@@ -286,14 +556,17 @@ def _last_checkpoint(run: Run) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
-def _check_finite(bridge: "_Bridge") -> None:
+def _check_finite(bridge: "_Bridge", run: Run) -> None:
     if bridge.losses and not math.isfinite(bridge.losses[-1]):
-        raise FloatingPointError(f"the loss became {bridge.losses[-1]} at step {bridge.step}; lower --lr")
+        last = _last_checkpoint(run)
+        kept = f"; the last good checkpoint is kept ({Path(last).name})" if last else ""
+        raise FloatingPointError(f"the loss became {bridge.losses[-1]} at step {bridge.step}, training stopped"
+                                 f"{kept}. Lower --lr (now {run.config.get('lr')}) and start again")
 
 
 def _finish(run: Run, emit, bridge: "_Bridge", status: str, error: str | None = None) -> None:
     elapsed = time.monotonic() - bridge.started if bridge.started else 0.0
-    losses = bridge.losses
+    losses = [x for x in bridge.losses if math.isfinite(x)]
     tail = losses[-max(1, len(losses) // 10):] if losses else []
     metrics = {
         "steps": bridge.step,
@@ -305,9 +578,24 @@ def _finish(run: Run, emit, bridge: "_Bridge", status: str, error: str | None = 
         "total_parameters": bridge.total,
         "truncated": bridge.truncated,
         "examples": bridge.examples,
+        "peak_memory_mb": _peak_memory_mb(),
     }
+    if bridge.evaluations:
+        metric = bridge.metric_key
+        best = bridge.best_evaluation()
+        metrics.update({f"dev_{metric}": best.get(f"eval_{metric}"), "best_step": best.get("step"),
+                        "dev_examples": bridge.dev})
     run.set_status(status, metrics=metrics, error=error, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     emit.on_end(events.End(status=status, elapsed=elapsed, steps=bridge.step, metrics=metrics, error=error, run=run))
+
+
+def _peak_memory_mb() -> float:
+    """The process's peak resident memory (the high-water mark since it started), in MiB."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10), 1)
 
 
 def _bridge_base():
@@ -317,23 +605,47 @@ def _bridge_base():
 
 
 class _Bridge(_bridge_base()):
-    """Turns the Trainer's callbacks into nbkit events and metrics.jsonl lines."""
+    """Turns the Trainer's callbacks into nbkit events and metrics.jsonl / dev.jsonl lines."""
 
-    def __init__(self, emit, run: Run, cfg: TuneConfig, examples: int, truncated: int, trainable: int, total: int):
+    def __init__(self, emit, run: Run, cfg: TuneConfig, examples: int, truncated: int, trainable: int, total: int,
+                 memory=None, dev_eval: "DevEvaluator | None" = None):
         self.emit, self.run, self.cfg = emit, run, cfg
         self.examples, self.truncated, self.trainable, self.total = examples, truncated, trainable, total
+        self.memory, self.dev_eval = memory, dev_eval
+        self.dev = len(dev_eval.rows) if dev_eval is not None else 0
         self.losses: list[float] = []
+        self.evaluations: list[dict] = []
+        self.metric_key = "loss"
         self.step, self.started, self.tokens_per_second = 0, None, 0.0
+        self.interrupt_requested = False
+
+    def best_evaluation(self) -> dict:
+        key = f"eval_{self.metric_key}"
+        pick = max if self.metric_key != "loss" else min
+        return pick(self.evaluations, key=lambda e: e.get(key, float("nan")))
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started, self.first_step = time.monotonic(), state.global_step
         self.tokens0 = state.num_input_tokens_seen
+        self.metric_key = (args.metric_for_best_model or "loss").removeprefix("eval_")
+        memory = self.memory
         self.emit.on_begin(events.Begin(
             run_name=self.run.name, run_path=str(self.run.path), model=self.cfg.model, method=self.cfg.method,
             total_steps=state.max_steps, epochs=self.cfg.epochs, examples=self.examples,
             trainable_parameters=self.trainable, total_parameters=self.total, truncated=self.truncated,
-            resumed_from=state.global_step,
+            resumed_from=state.global_step, dev_examples=self.dev,
+            memory=memory.describe() if memory else None,
+            memory_advice=None if memory is None or memory.fits else memory.suggestions(
+                self.cfg.method, self.cfg.batch_size, self.cfg.gradient_checkpointing),
         ))
+
+    def _stop_if_asked(self, control):
+        if self.interrupt_requested:
+            control.should_save = True  # a checkpoint at this step boundary, for --resume
+            control.should_training_stop = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._stop_if_asked(control)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
@@ -355,3 +667,20 @@ class _Bridge(_bridge_base()):
         ))
         if not math.isfinite(loss):
             control.should_training_stop = True
+            control.should_save = False  # never checkpoint broken weights: the last good one stays
+            control.should_evaluate = False
+        self._stop_if_asked(control)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not metrics:
+            return
+        row = {"step": state.global_step, **{k: v for k, v in metrics.items() if k.startswith("eval_")}}
+        self.evaluations.append(row)
+        key = f"eval_{self.metric_key}"
+        best = self.best_evaluation() is row
+        self.run.append_metrics(row, "dev.jsonl")
+        self.emit.on_evaluate(events.Evaluation(
+            step=state.global_step, total_steps=state.max_steps, metric=self.metric_key, value=row.get(key),
+            loss=row.get("eval_loss"), best=best,
+            samples=list(self.dev_eval.last_samples) if self.dev_eval is not None else [],
+        ))

@@ -125,3 +125,26 @@ def test_real_kernel_loads_extension_without_torch():
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_tune_method_flags_reach_the_method_and_wrong_ones_are_named(ip, monkeypatch):
+    from nbkit import models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    ip.run_cell_magic("prompt", 'pt --target "{{ label }}" --choices refund,delivery,account,other', INTENT)
+    with pytest.raises(ConfigError, match="`r` is not an option of method 'prompt-tuning'.*virtual_tokens"):
+        ip.run_line_magic("tune", "--prompt pt --data sample:intent --method prompt-tuning --r 8")
+    with pytest.raises(ConfigError, match="encoder"):
+        ip.run_line_magic("tune", "--prompt pt --data sample:intent --method p-tuning --encoder gru")
+    with pytest.raises(ConfigError, match="patience"):
+        ip.run_line_magic("tune", "--prompt pt --data sample:intent --patience 2")
+    with pytest.raises(ConfigError, match="'valid' is not a split"):
+        ip.run_line_magic("tune", "--prompt pt --data sample:intent --dev valid")
+
+
+def test_nbkit_methods_lists_every_method_with_its_options(ip, capsys):
+    ip.run_line_magic("nbkit", "methods")
+    out = capsys.readouterr().out
+    for name in ("lora", "qlora", "dora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning", "full"):
+        assert f"\n{name} " in "\n" + out
+    assert "--virtual-tokens" in out and "--r (8)" in out

@@ -61,3 +61,8 @@ def test_eight_bit_loads_and_answers():
     text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                    add_generation_prompt=True, tokenize=False)
     assert "Paris" in generate(model.model, tok, [tok(text, add_special_tokens=False)["input_ids"]], 10)[0]
+
+
+def test_attention_is_sdpa(smol):
+    """PyTorch's fused scaled-dot-product attention, not the eager reference implementation."""
+    assert smol.model.config._attn_implementation == "sdpa"

@@ -87,7 +87,7 @@ def test_interrupt_leaves_the_run_marked_not_corrupt(intent_prompt):
         nbkit.evaluate(None, str(run.path), "sample:intent")
 
 
-def test_qlora_learns_on_the_cpu(intent_prompt, smol):
+def test_qlora_learns_on_the_cpu(intent_prompt, smol, tmp_path):
     """The bitsandbytes CPU packing bug (docs/qlora-cpu.md) must not stop QLoRA learning."""
     # an eval-mode, no-grad 4-bit forward first: this is what used to break training
     four_bit = nbkit.load_model("smollm2-135m", quantize="4bit")
@@ -98,6 +98,11 @@ def test_qlora_learns_on_the_cpu(intent_prompt, smol):
     tuned = nbkit.evaluate(None, run, "sample:intent", limit=40)
     assert tuned.frame["accuracy"].iloc[0] >= zero_shot.frame["accuracy"].iloc[0] + 0.2, (zero_shot.frame, tuned.frame)
     assert four_bit is nbkit.load_model("smollm2-135m", quantize="4bit")  # evaluation reused the session's copy
+    # merging dequantizes the 4-bit base first: the merged model matches the adapter on its 4-bit base
+    exported = nbkit.export(run, tmp_path / "merged")
+    assert exported.merged and exported.max_logit_diff < 1e-2, exported
+    config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert "quantization_config" not in config  # a plain full-precision model
 
 
 def test_qlora_unpacks_layers_bitsandbytes_packed_for_inference():
@@ -115,3 +120,147 @@ def test_qlora_unpacks_layers_bitsandbytes_packed_for_inference():
     x = torch.randn(2, layer.in_features, requires_grad=True)
     layer(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def _adapter_tensors(run):
+    from safetensors.torch import load_file
+
+    return load_file(str(run.adapter_path / "adapter_model.safetensors"))
+
+
+class _SigintAt(events.Callback):
+    """A real Ctrl-C (SIGINT to this process), as a kernel interrupt sends it, at one step."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, e):
+        if e.step == self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_same_seed_same_adapter_and_an_interrupted_run_resumes_to_the_same_adapter(intent_prompt):
+    settings = dict(max_steps=12, batch_size=4, seed=3, callbacks=[])
+    first = nbkit.tune(intent_prompt, "sample:intent", name="first", **settings)
+    again = nbkit.tune(intent_prompt, "sample:intent", name="again", **settings)
+    a, b = _adapter_tensors(first), _adapter_tensors(again)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # reproducible on the CPU
+
+    with pytest.raises(TrainingInterrupted) as e:
+        nbkit.tune(intent_prompt, "sample:intent", name="cut", **{**settings, "callbacks": [_SigintAt(5)]})
+    cut = e.value.run
+    assert cut.status == "interrupted" and not cut.has_adapter()
+    assert (cut.path / "checkpoints" / "checkpoint-5").is_dir()  # saved at the step boundary, not lost
+    resumed = nbkit.tune(intent_prompt, "sample:intent", name="cut", resume=True, **settings)
+    assert resumed.status == "completed" and [h["step"] for h in resumed.history] == list(range(1, 13))
+    c = _adapter_tensors(resumed)
+    for k in a:
+        assert torch.allclose(a[k], c[k], atol=1e-6), k
+
+
+def test_resume_refuses_changed_settings(intent_prompt):
+    with pytest.raises(TrainingInterrupted):
+        nbkit.tune(intent_prompt, "sample:intent", name="r", max_steps=12, batch_size=4,
+                   callbacks=[_SigintAt(2)])
+    with pytest.raises(nbkit.errors.ConfigError, match="lr"):
+        nbkit.tune(intent_prompt, "sample:intent", name="r", max_steps=12, batch_size=4, lr=1e-3, resume=True)
+
+
+class _Collect(events.Callback):
+    def __init__(self):
+        self.evaluations, self.begin = [], None
+
+    def on_begin(self, e):
+        self.begin = e
+
+    def on_evaluate(self, e):
+        self.evaluations.append(e)
+
+
+def test_dev_evaluation_keeps_the_best_checkpoint_and_shows_generations(intent_prompt, smol):
+    from nbkit.data import load_data
+    from nbkit.evaluation import _predict
+    from nbkit.training import TuneConfig, _split_dev
+
+    seen = _Collect()
+    run = nbkit.tune(intent_prompt, "sample:intent", name="dev", max_steps=16, dev=0.2, eval_every=4,
+                     callbacks=[seen, events.PlainProgress()])
+    assert seen.begin.dev_examples == 37 and "GiB" in seen.begin.memory
+    assert [e.step for e in seen.evaluations] == [4, 8, 12, 16] == [r["step"] for r in run.dev_history]
+    assert all(e.metric == "accuracy" and len(e.samples) == 3 and e.samples[0]["expected"] in intent_prompt.choices
+               for e in seen.evaluations)
+    best = max(run.dev_history, key=lambda r: r["eval_accuracy"])
+    assert run.metrics["best_step"] == best["step"] and run.metrics["dev_accuracy"] == best["eval_accuracy"]
+    # the saved adapter is the best checkpoint: it scores the dev rows exactly as recorded
+    splits = load_data("sample:intent")
+    train, dev = _split_dev(splits, TuneConfig(prompt="intent", data="sample:intent", dev=0.2))
+    with smol.adapter(run.adapter_path) as lm:
+        frame = _predict(lm, smol.tokenizer, intent_prompt, dev, train, "sum", 16)
+    assert frame["correct"].mean() == best["eval_accuracy"]
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(intent_prompt):
+    run = nbkit.tune(intent_prompt, "sample:intent", name="flat", max_steps=20, dev=12, eval_every=3,
+                     patience=1, lr=1e-12, callbacks=[])  # too small to change anything: no improvement
+    assert run.status == "completed" and run.metrics["steps"] == 6 and len(run.dev_history) == 2
+    assert run.metrics["best_step"] == 3
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(intent_prompt):
+    import math
+
+    from nbkit.errors import TrainingFailed
+
+    # a checkpoint every step (dev evaluation each step); warm-up makes the first update 0, the second absurd
+    with pytest.raises(TrainingFailed, match="Lower --lr") as e:
+        nbkit.tune(intent_prompt, "sample:intent", name="nan", max_steps=40, lr=1e30, dev=4, eval_every=1,
+                   callbacks=[])
+    run = e.value.run
+    assert run.status == "failed" and not run.has_adapter() and "Lower --lr" in run._read("status.json")["error"]
+    losses = [h["loss"] for h in run.history]
+    assert math.isfinite(losses[0]) and not math.isfinite(losses[-1]) and len(losses) < 10
+    kept = sorted(int(c.name.split("-")[1]) for c in (run.path / "checkpoints").glob("checkpoint-*"))
+    assert kept and max(kept) < len(losses)  # the broken step was never saved; the last good one is there
+
+
+def test_plain_peft_in_a_fresh_process_gives_the_same_logits(lora_run, smol, tmp_path):
+    import subprocess
+    import sys
+
+    from nbkit.models import embedded_path
+
+    prompt, run = lora_run
+    text = "Message: my parcel never came\nTeam:"
+    script = (
+        "import sys, torch\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\nfrom peft import PeftModel\n"
+        f"base = AutoModelForCausalLM.from_pretrained({str(embedded_path('smollm2-135m'))!r})\n"
+        f"tok = AutoTokenizer.from_pretrained({str(embedded_path('smollm2-135m'))!r})\n"
+        f"model = PeftModel.from_pretrained(base, {str(run.adapter_path)!r}).eval()\n"
+        f"ids = tok({text!r}, return_tensors='pt')['input_ids']\n"
+        f"with torch.no_grad(): torch.save(model(input_ids=ids).logits, {str(tmp_path / 'logits.pt')!r})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ids = smol.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad(), smol.adapter(run.adapter_path) as ours:
+        expected = ours(input_ids=ids).logits
+    assert torch.allclose(torch.load(tmp_path / "logits.pt"), expected, atol=1e-4)
+
+
+def test_merged_export_loads_without_nbkit_and_matches_the_adapter(lora_run, smol, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from nbkit.cli import main
+
+    prompt, run = lora_run
+    assert main(["export", str(run.path), "--out", str(tmp_path / "merged")]) == 0
+    meta = json.loads((tmp_path / "merged" / "nbkit_export.json").read_text())
+    assert meta["merged"] and meta["checked_examples"] == 4 and meta["max_logit_diff"] < 1e-3
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    ids = smol.tokenizer("Message: I was charged twice\nTeam:", return_tensors="pt")["input_ids"]
+    with torch.no_grad(), smol.adapter(run.adapter_path) as ours:
+        assert torch.allclose(merged(input_ids=ids).logits, ours(input_ids=ids).logits, atol=1e-3)
+    assert main(["export", str(run.path), "--out", str(tmp_path / "merged")]) == 1  # never overwrites silently

@@ -77,3 +77,35 @@ def test_offline_hub_specs_fail_clearly():
         nbkit.load_model("some-org/some-model-that-is-not-cached")
     with pytest.raises(DataError, match="network"):
         nbkit.load_data("hf:some-org/some-dataset")
+
+
+def _evaluation(step, value, best):
+    samples = [{"input": "Message: <b>refund</b> me\nTeam:", "output": "refund", "expected": "refund"}]
+    return events.Evaluation(step=step, total_steps=4, metric="accuracy", value=value, loss=0.4, best=best,
+                             samples=samples)
+
+
+def test_widget_shows_the_dev_metric_samples_and_a_memory_warning():
+    from nbkit.magics.widgets import TuneWidget
+
+    w = TuneWidget()
+    w.on_begin(_begin(dev_examples=12, memory="~30.0 GiB estimated on cuda of 16.0 GiB available",
+                      memory_advice=["--method qlora", "--gradient-checkpointing"]))
+    assert "may not fit" in w.status.value and "--method qlora" in w.status.value
+    w.on_evaluate(_evaluation(2, 0.75, True))
+    assert "dev accuracy 0.7500 (best so far)" in w.dev.value and "nbkit-samples" in w.dev.value
+    assert "&lt;b&gt;refund&lt;/b&gt;" in w.dev.value  # model text is escaped, never rendered as HTML
+    w.on_evaluate(_evaluation(4, 0.5, False))
+    assert "step 4: dev accuracy 0.5000" in w.dev.value and "best" not in w.dev.value
+
+
+def test_plain_progress_prints_evaluations_and_notes(capsys):
+    p = events.PlainProgress()
+    p.on_begin(_begin(dev_examples=12, memory="~1.00 GiB estimated on cpu", memory_advice=["--batch-size 4"]))
+    p.on_evaluate(_evaluation(2, 0.75, True))
+    p.on_note("interrupt: stopping after this step")
+    out = capsys.readouterr().out
+    assert "memory: ~1.00 GiB" in out and "may not fit; try --batch-size 4" in out
+    assert "evaluating on 12 held-out examples" in out
+    assert "eval at step 2: dev accuracy 0.7500  (best so far)" in out and "-> 'refund' (expected 'refund')" in out
+    assert "interrupt: stopping" in out
