@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.nbkit-setup
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast notebooks clean
+.PHONY: setup demo test test-fast notebooks bench bench-quick clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,13 @@ notebooks: setup
 	cd notebooks && for nb in *.ipynb; do \
 		NBKIT_PROGRESS=plain NBKIT_RUNS_DIR=$(CURDIR)/build/notebook-runs \
 		../$(PY) -m papermill --no-progress-bar $$nb $$nb || exit 1; done
+
+# Benchmarks (bench/README.md): the real numbers take ~30 min on 2 CPU cores and rewrite the tables.
+bench: setup
+	$(PY) bench/methods.py --write
+
+bench-quick: setup
+	$(PY) bench/methods.py --quick
 
 clean:
 	rm -rf build jobs runs .pytest_cache

@@ -111,7 +111,8 @@ def quantization_config(quantize: str | None, device: str):
     if quantize is None:
         return None
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise MissingDependencyError("bitsandbytes", f"{quantize} quantization (QLoRA)", "pip install bitsandbytes")
+        raise MissingDependencyError("bitsandbytes", f"{quantize} quantization (QLoRA)",
+                                     "pip install 'nbkit[quant]', or use --method lora on a full-precision base")
     from transformers import BitsAndBytesConfig
 
     if quantize == "8bit":

@@ -20,7 +20,7 @@ from .data import fingerprint, load_data
 from .encoding import training_example
 from .errors import ConfigError, TrainingFailed, TrainingInterrupted
 from .methods import BuildContext, get_method
-from .models import DEFAULT_MODEL, _quiet, autocast_precision, load_model
+from .models import DEFAULT_MODEL, _quiet, autocast_precision, load_model, quantization_config
 from .prompts import Prompt, get_prompt
 from .runs import RUNS, Run, runs_dir, write_json
 
@@ -184,6 +184,7 @@ def tune(
     model_config, model_path = _model_config(cfg.model)
     if spec.check is not None:
         spec.check(model_config, method_options)  # an unfit method fails before any weights load
+    quantization_config(spec.quantize, "cpu")  # 4-bit without bitsandbytes fails here, not after loading
     cfg.name = cfg.name or _free_name(f"{prompt.name}-{cfg.method}")
     run = Run.create(cfg.name, overwrite=overwrite, resume=resume)
     emit = events.Emitter(callbacks if callbacks is not None else [events.PlainProgress()])
@@ -211,8 +212,7 @@ def tune(
     trainer.add_callback(bridge)
     checkpoint = _last_checkpoint(run) if resume else None
     if resume and checkpoint is None:
-        log = "no checkpoint yet: it starts from the beginning"
-        emit.on_note(f"run {run.name!r} has {log}")
+        emit.on_note(f"run {run.name!r} has no checkpoint yet: it starts from the beginning")
 
     run.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), error=None)
     try:

@@ -212,3 +212,17 @@ def test_learned_prompts_export_as_adapters_not_merges(method_runs, tmp_path):
     assert not (tmp_path / "merged").exists()
     out = nbkit.export(runs["prompt-tuning"], tmp_path / "adapter", merge=False)
     assert not out.merged and (out.path / "adapter_config.json").exists() and (out.path / "nbkit_export.json").exists()
+
+
+def test_four_bit_without_bitsandbytes_fails_before_a_run_exists(intent_prompt, monkeypatch, tmp_path):
+    import importlib.util
+
+    from nbkit.errors import MissingDependencyError
+    from nbkit.runs import runs_dir
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(MissingDependencyError, match=r"nbkit\[quant\].*--method lora"):
+        nbkit.tune(intent_prompt, "sample:intent", method="qlora", name="q")
+    assert not (runs_dir() / "q").exists()

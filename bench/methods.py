@@ -1,0 +1,141 @@
+"""Every tuning method on sample:intent: accuracy, trainable parameters, train time, peak memory.
+
+Each method trains in its own process (so peak memory is that method's alone),
+with its default options and learning rate, for the same number of epochs,
+then is evaluated on the test split (never trained on). The zero-shot prompt
+is the baseline row. Runs one method after another, never in parallel: two
+trainings on one machine slow each other down and the times would lie.
+
+    .venv/bin/python bench/methods.py                  # all methods, 2 epochs (~30 min on 2 CPU cores)
+    .venv/bin/python bench/methods.py --write          # ... and update bench/README.md and README.md
+    .venv/bin/python bench/methods.py --quick          # 2 steps each, 8 rows: checks the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ["lora", "qlora", "dora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning", "full"]
+PROMPT = dict(
+    template="Which team should handle this customer message: refund, delivery, account or other?\n"
+             "Message: {{ text }}\nTeam:",
+    name="intent", target="{{ label }}", choices=["refund", "delivery", "account", "other"],
+)
+
+
+def one(method: str, epochs: float, quick: bool) -> dict:
+    """Train and evaluate one method in this process; the numbers as a dict."""
+    import resource
+
+    import nbkit
+
+    prompt = nbkit.Prompt(**PROMPT)
+    limit = 8 if quick else None
+    if method == "zero-shot":
+        started = time.monotonic()
+        report = nbkit.evaluate(prompt, None, "sample:intent", limit=limit)
+        row = {"trainable_parameters": 0, "train_seconds": 0.0, "eval_seconds": time.monotonic() - started}
+    else:
+        steps = {"max_steps": 2} if quick else {"epochs": epochs}
+        run = nbkit.tune(prompt, "sample:intent", method=method, name=method, callbacks=[], **steps)
+        started = time.monotonic()
+        report = nbkit.evaluate(None, run, "sample:intent", limit=limit)
+        m = run.metrics
+        row = {"trainable_parameters": m["trainable_parameters"], "train_seconds": m["train_seconds"],
+               "tokens_per_second": m["tokens_per_second"], "final_loss": m["train_loss"],
+               "eval_seconds": time.monotonic() - started}
+    result = report.frame.iloc[0]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"method": method, "accuracy": float(result["accuracy"]), "f1": float(result["f1"]),
+            "rows": int(result["n"]), "peak_memory_mb": round(peak), **row}
+
+
+def table(rows: list[dict], epochs: float) -> str:
+    lines = [
+        "| method | accuracy | macro-F1 | trainable parameters | train time | tokens/s | peak memory |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        tps = f"{r['tokens_per_second']:.0f}" if r.get("tokens_per_second") else "–"
+        time_ = f"{r['train_seconds']:.0f} s" if r["train_seconds"] else "–"
+        lines.append(f"| {r['method']} | {r['accuracy']:.3f} | {r['f1']:.3f} | {r['trainable_parameters']:,} | "
+                     f"{time_} | {tps} | {r['peak_memory_mb'] / 1024:.1f} GiB |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def replace_block(path: Path, marker: str, text: str) -> None:
+    """Replace what lies between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``path``."""
+    source = path.read_text()
+    pattern = re.compile(rf"(<!-- {marker} -->\n).*?(<!-- /{marker} -->)", re.S)
+    if not pattern.search(source):
+        raise SystemExit(f"{path} has no <!-- {marker} --> block")
+    path.write_text(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), source))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    parser.add_argument("--epochs", type=float, default=2.0, help="epochs per method (default 2)")
+    parser.add_argument("--quick", action="store_true", help="2 steps and 8 rows each: does it run?")
+    parser.add_argument("--write", action="store_true", help="update bench/README.md and README.md")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(one(args.one, args.epochs, args.quick)), flush=True)
+        return 0
+
+    rows = []
+    with tempfile.TemporaryDirectory() as runs:
+        env = {**os.environ, "NBKIT_RUNS_DIR": runs, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        for method in ["zero-shot"] + args.methods.split(","):
+            cmd = [sys.executable, __file__, "--one", method, "--epochs", str(args.epochs)] + (["--quick"] if args.quick else [])
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            found = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+            if done.returncode or not found:
+                print(f"{method}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
+                return 1
+            rows.append(json.loads(found[-1][len("RESULT "):]))
+            r = rows[-1]
+            print(f"{method:14} accuracy {r['accuracy']:.3f}  train {r['train_seconds']:.0f}s  "
+                  f"peak {r['peak_memory_mb']} MiB", file=sys.stderr, flush=True)
+    what = "2 steps, 8 test rows (quick check, not a result)" if args.quick else f"{args.epochs:g} epochs"
+    text = (f"{table(rows, args.epochs)}\n\n`sample:intent`: {what}; each method's default options and learning "
+            f"rate; accuracy on the {rows[0]['rows']} test rows. {time.strftime('%Y-%m-%d')}, {machine()}. "
+            f"Rerun: `.venv/bin/python bench/methods.py --write`.")
+    print(text)
+    if args.quick:
+        return 0
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / "methods.json").write_text(json.dumps(rows, indent=2) + "\n")
+    if args.write:
+        replace_block(ROOT / "bench" / "README.md", "methods-table", text)
+        replace_block(ROOT / "README.md", "methods-table", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
