@@ -28,10 +28,11 @@ def test_embedded_model_answers(smol):
     assert "Paris" in out[0]
 
 
-def test_local_directory_loads(smol):
+def test_local_directory_loads():
     path = cache_dir() / "models" / "smollm2-135m"
     model = load_model(str(path), fresh=True)
-    assert model.num_parameters() == smol.num_parameters()
+    # SmolLM2-135M's own count (the session's shared model may carry adapters from earlier tests)
+    assert model.num_parameters() == 134_515_008
 
 
 def test_unknown_model_lists_the_embedded_ones():
