@@ -7,7 +7,7 @@ is the baseline row. Runs one method after another, never in parallel: two
 trainings on one machine slow each other down and the times would lie.
 
     .venv/bin/python bench/methods.py                  # all methods, 2 epochs (~30 min on 2 CPU cores)
-    .venv/bin/python bench/methods.py --write          # ... and update bench/README.md and README.md
+    .venv/bin/python bench/methods.py --write          # ... and update bench/README.md, README.md, the quickstart
     .venv/bin/python bench/methods.py --quick          # 2 steps each, 8 rows: checks the script runs
 """
 
@@ -96,12 +96,26 @@ def replace_block(path: Path, marker: str, text: str) -> None:
     path.write_text(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), source))
 
 
+def replace_block_in_notebook(path: Path, marker: str, text: str) -> None:
+    """The same in the markdown cells of a notebook (outputs untouched: no re-execution needed)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    pattern = re.compile(rf"(<!-- {marker} -->\n).*?(<!-- /{marker} -->)", re.S)
+    cells = [c for c in nb.cells if c.cell_type == "markdown" and pattern.search(c.source)]
+    if not cells:
+        raise SystemExit(f"{path} has no markdown cell with a <!-- {marker} --> block")
+    for cell in cells:
+        cell.source = pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), cell.source)
+    nbformat.write(nb, path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
     parser.add_argument("--epochs", type=float, default=2.0, help="epochs per method (default 2)")
     parser.add_argument("--quick", action="store_true", help="2 steps and 8 rows each: does it run?")
-    parser.add_argument("--write", action="store_true", help="update bench/README.md and README.md")
+    parser.add_argument("--write", action="store_true", help="update bench/README.md, README.md and the quickstart")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -134,6 +148,7 @@ def main() -> int:
     if args.write:
         replace_block(ROOT / "bench" / "README.md", "methods-table", text)
         replace_block(ROOT / "README.md", "methods-table", text)
+        replace_block_in_notebook(ROOT / "notebooks" / "00_quickstart.ipynb", "methods-table", text)
     return 0
 
 

@@ -52,6 +52,16 @@ def _number_or_name(value: str | None):
     return int(number) if number.is_integer() and number >= 1 else number
 
 
+def _weights(value: str | None) -> list[float] | None:
+    """``1,2`` → [1.0, 2.0]; a word that is not a number is a usage error naming --weights."""
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in _csv(value)]
+    except ValueError:
+        raise UsageError(f"--weights takes comma-separated numbers like 1,2; got {value!r}") from None
+
+
 def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -118,8 +128,11 @@ class NbkitMagics(Magics):
         return self._bind(args.output, result)
 
     @magic_arguments()
-    @argument("--prompt", required=True, help="name of the prompt to train on")
-    @argument("--data", required=True, help="data spec; its train split is used")
+    @argument("--prompt", action="append", required=True,
+              help="name of the prompt to train on; repeat with --data for multi-task training")
+    @argument("--data", action="append", required=True,
+              help="data spec whose train split is used; repeated, the n-th --data goes with the n-th --prompt")
+    @argument("--weights", help="multi-task: comma-separated loss weight per task, e.g. 1,2 (default all 1)")
     @argument("--model", default="smollm2-135m", help="base model spec (default smollm2-135m)")
     @argument("--method", default="lora",
               help="lora, qlora, dora, ia3, prompt-tuning, p-tuning, prefix-tuning or full (see %%nbkit methods)")
@@ -170,8 +183,10 @@ class NbkitMagics(Magics):
         else:
             callbacks = [PlainProgress()] if mode == "plain" else []
         options = {name: getattr(args, name) for name in METHOD_OPTIONS}
+        prompts = args.prompt if len(args.prompt) > 1 else args.prompt[0]
+        datas = args.data if len(args.data) > 1 else args.data[0]
         run = tune(
-            args.prompt, args.data, model=args.model, method=args.method, epochs=args.epochs,
+            prompts, datas, weights=_weights(args.weights), model=args.model, method=args.method, epochs=args.epochs,
             max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
             max_length=args.max_length, warmup=args.warmup, seed=args.seed, precision=args.precision,
             gradient_checkpointing=args.gradient_checkpointing, dev=_number_or_name(args.dev),
@@ -258,6 +273,8 @@ HELP = """nbkit magics  ($name in a magic line is replaced by the notebook varia
   %tune --prompt NAME --data D [--method M] [--epochs E] [--lr LR] [--dev 0.1] [--name RUN] [--resume] [-o VAR]
       fine-tune with lora, qlora, dora, ia3, prompt-tuning, p-tuning, prefix-tuning or full;
       a live widget in Jupyter, plain lines under papermill; returns a Run
+  %tune --prompt A --data DA --prompt B --data DB [--weights 1,2] ...
+      multi-task: one adapter on several prompts/data sets, weighted loss, each task's loss logged
   %evaluate --prompt NAME [--prompt ...] [--run RUN ...] [--data D] [--split test] [-o VAR]
       score prompts and runs side by side; returns a Report (.frame is a DataFrame)
   %nbkit [list|methods|samples|help]

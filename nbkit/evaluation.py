@@ -51,7 +51,20 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _targets(prompts, runs, model, namespace) -> list[Target]:
+def run_task(run: Run, data=None) -> dict:
+    """The task of ``run`` to evaluate on ``data``: its only one, or the one trained on that data spec."""
+    tasks = run.tasks
+    if len(tasks) == 1:
+        return tasks[0]
+    matching = [t for t in tasks if data is not None and t["data"] == data]
+    if len(matching) == 1:
+        return matching[0]
+    trained = "; ".join(f"{t['name']} on {t['data']}" for t in tasks)
+    what = "give --data" if data is None else f"{data!r} is none of them; give one of their data specs"
+    raise ConfigError("data", f"picks the task of multi-task run {run.name!r} to evaluate ({trained}): {what}")
+
+
+def _targets(prompts, runs, model, namespace, data=None) -> list[Target]:
     targets = []
     for p in _as_list(prompts):
         p = get_prompt(p)
@@ -64,7 +77,7 @@ def _targets(prompts, runs, model, namespace) -> list[Target]:
         if model and model != config.get("model"):
             raise ConfigError("model", f"is {model!r} but run {run.name!r} was trained on {config.get('model')!r}; "
                               "an adapter only fits the base model it was trained with")
-        p = Prompt.from_dict(run.prompt)
+        p = Prompt.from_dict(run_task(run, data)["prompt"])
         targets.append(Target(f"{p.name} + {run.name}", p, run, *run_model(run)))
     if not targets:
         raise ConfigError("prompt", "nothing to evaluate: give at least one --prompt or --run")
@@ -99,7 +112,8 @@ def evaluate(
     Args:
         prompt: a prompt, its name, or a list of them (zero-/few-shot on the base model).
         run: a run, its name or directory, or a list (the run's own prompt, with its adapter).
-        data: data spec; defaults to the data the (first) run was trained on.
+        data: data spec; defaults to the data the (first) run was trained on. A multi-task run is
+            evaluated with the prompt of the task trained on this data spec.
         model: base model for prompt targets (runs use the model they were trained on).
         split: which split to score; ``test`` by default.
         metric: ``accuracy``/``f1`` for prompts with choices, ``exact_match`` for free text.
@@ -119,9 +133,9 @@ def evaluate(
         raise ConfigError("scoring", f"must be 'sum' or 'mean', got {scoring!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
         raise ConfigError("limit", f"must be a positive integer, got {limit!r}")
-    targets = _targets(prompt, run, model, namespace)
+    targets = _targets(prompt, run, model, namespace, data)
     if data is None:
-        data = next((t.run.config.get("data") for t in targets if t.run is not None), None)
+        data = next((run_task(t.run)["data"] for t in targets if t.run is not None), None)
         if data is None or str(data).startswith("<"):
             raise ConfigError("data", "is needed: which data should the prompts be evaluated on?")
     splits = load_data(data, namespace)

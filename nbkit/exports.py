@@ -98,7 +98,7 @@ def _merge(run: Run, tmp: Path, final: Path, n: int) -> Export:
     tok = loaded.tokenizer
     prompt = Prompt.from_dict(run.prompt)
     try:
-        rows = list(load_data(run.config["data"])["train"])[:n]
+        rows = list(load_data(run.tasks[0]["data"])["train"])[:n]
         contexts = encode_contexts(prompt, rows, tok, rows)
     except Exception:  # data given as a notebook variable is not around any more: check on the prompt's words
         contexts = [tok(prompt.template, add_special_tokens=False)["input_ids"][:128]]

@@ -8,6 +8,7 @@
 - ``config.json``       the full, validated configuration (sorted keys)
 - ``prompt.json``       the prompt it was trained with
 - ``data.json``         the data spec, row counts and a fingerprint of the training split
+- ``tasks.json``        multi-task runs: each task's name, prompt, data spec, weight and rows
 - ``metrics.jsonl``     one line per logged step
 - ``dev.jsonl``         one line per evaluation on held-out data during training (``--dev``)
 - ``status.json``       running / completed / interrupted / failed, with times and the error
@@ -71,6 +72,18 @@ class Run:
         return self._read("prompt.json", {})
 
     @property
+    def tasks(self) -> list[dict]:
+        """The tasks trained on, each ``name``, ``prompt`` (a dict), ``data`` (spec) and ``weight``.
+
+        A single-task run has one, built from ``prompt.json`` and the config.
+        """
+        tasks = self._read("tasks.json")
+        if tasks is not None:
+            return tasks
+        prompt = self.prompt
+        return [{"name": prompt.get("name"), "prompt": prompt, "data": self.config.get("data"), "weight": 1.0}]
+
+    @property
     def status(self) -> str:
         return self._read("status.json", {}).get("status", "unknown")
 
@@ -123,6 +136,8 @@ class Run:
             ("trainable parameters", f"{m['trainable_parameters']:,}" if "trainable_parameters" in m else None),
             ("peak memory", _fmt(m.get("peak_memory_mb"), " MiB", digits=0)),
         ]
+        rows += [(f"train loss of {k.removeprefix('train_loss_')}", _fmt(m[k])) for k in sorted(m)
+                 if k.startswith("train_loss_")]  # multi-task: each task's own loss
         dev = next((k for k in m if k.startswith("dev_") and k != "dev_examples"), None)
         if dev:
             rows.append((f"best dev {dev[4:]}", f"{_fmt(m[dev])} at step {m.get('best_step')}"))

@@ -29,8 +29,8 @@ from .runs import RUNS, Run, runs_dir, write_json
 class TuneConfig:
     """Everything that decides what a tune does; saved as ``config.json``."""
 
-    prompt: str = field(metadata={"help": "name of the prompt to train on"})
-    data: str = field(metadata={"help": "data spec; the train split is used"})
+    prompt: str | list = field(metadata={"help": "name of the prompt to train on; a list for multi-task training"})
+    data: str | list = field(metadata={"help": "data spec whose train split is used; a list, one per prompt"})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "base model spec"})
     method: str = field(default="lora", metadata={"help": "tuning method (see nbkit.methods)"})
     epochs: float = field(default=3, metadata={"help": "passes over the training split; 3 fits ~200 examples"})
@@ -54,6 +54,9 @@ class TuneConfig:
     eval_every: int | None = field(default=None, metadata={"help": "steps between evaluations; default 5 per run"})
     patience: int | None = field(
         default=None, metadata={"help": "stop after this many evaluations without improvement (needs dev)"}
+    )
+    weights: list | None = field(
+        default=None, metadata={"help": "multi-task: each task's weight in the loss (default all 1)"}
     )
     name: str | None = field(default=None, metadata={"help": "run name; default <prompt>-<method>"})
     options: dict = field(default_factory=dict, metadata={"help": "method options (r, alpha, dropout, …)"})
@@ -93,8 +96,30 @@ class TuneConfig:
             positive("patience", self.patience, int)
             if self.dev is None:
                 raise ConfigError("patience", "needs --dev: early stopping watches a held-out metric")
+        self._check_tasks()
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise ConfigError("name", f"must be a plain folder name, got {self.name!r}")
+
+    def _check_tasks(self) -> None:
+        prompts = self.prompt if isinstance(self.prompt, list) else [self.prompt]
+        datas = self.data if isinstance(self.data, list) else [self.data]
+        if not prompts or len(prompts) != len(datas):
+            raise ConfigError("data", f"gives {len(datas)} data set(s) for {len(prompts)} prompt(s); multi-task "
+                              "training pairs them in order (one of either is used for all)")
+        if self.weights is None:
+            return
+        if not isinstance(self.weights, list) or len(self.weights) != len(prompts):
+            raise ConfigError("weights", f"needs one weight per task ({len(prompts)}), got {self.weights!r}")
+        for w in self.weights:
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0 or not math.isfinite(w):
+                raise ConfigError("weights", f"must be positive numbers, got {self.weights!r}")
+
+    @property
+    def tasks(self) -> list[tuple[str, str, float]]:
+        """(prompt, data spec, weight) of each task; one for a single-task run."""
+        prompts = self.prompt if isinstance(self.prompt, list) else [self.prompt]
+        datas = self.data if isinstance(self.data, list) else [self.data]
+        return list(zip(prompts, datas, self.weights or [1.0] * len(prompts)))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,7 +134,7 @@ class TuneConfig:
 
 
 def tune(
-    prompt: Prompt | str,
+    prompt: Prompt | str | Sequence[Prompt | str],
     data: Any,
     *,
     model: str = DEFAULT_MODEL,
@@ -127,6 +152,7 @@ def tune(
     dev: float | int | str | None = None,
     eval_every: int | None = None,
     patience: int | None = None,
+    weights: Sequence[float] | None = None,
     name: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -137,8 +163,11 @@ def tune(
     """Fine-tune ``model`` on ``data`` formatted by ``prompt``; the loss covers the target only.
 
     Args:
-        prompt: a :class:`Prompt` or the name of a registered one.
-        data: a data spec (see :func:`nbkit.load_data`); its ``train`` split is used.
+        prompt: a :class:`Prompt` or the name of a registered one; a list of them trains one
+            adapter on several tasks at once (multi-task), paired in order with ``data``.
+        data: a data spec (see :func:`nbkit.load_data`); its ``train`` split is used. For
+            multi-task training a list of specs, one per prompt (a single spec or a single
+            prompt is used for every task). A list of dicts is one data set, not several.
         model: base model spec.
         method: ``lora``, ``qlora``, ``dora``, ``ia3``, ``prompt-tuning``, ``p-tuning``, ``prefix-tuning``
             or ``full`` (see ``nbkit.methods.available_methods()``).
@@ -149,6 +178,9 @@ def tune(
             name); the best checkpoint by its metric becomes the run's adapter.
         eval_every: steps between those evaluations (default: five per run).
         patience: stop after this many evaluations without improvement.
+        weights: multi-task: each task's weight in the loss, ``sum_t w_t * (token losses of t)``
+            over ``sum_t w_t * (tokens of t)`` per batch; all 1 (the default) is plain fine-tuning
+            on the mixed data. Each task's own loss is logged (``Run.history``, ``loss_<task>``).
         name: run name (a folder under ``runs/``); default ``<prompt>-<method>``, numbered if taken.
         resume: continue the run ``name`` from its last checkpoint.
         overwrite: replace an existing run directory of the same name.
@@ -164,35 +196,47 @@ def tune(
         ConfigError, UnknownNameError, TemplateError, DataError: before any model loads.
         TrainingInterrupted, TrainingFailed: the run is marked so and kept.
     """
-    prompt = get_prompt(prompt)
-    data_spec = data if isinstance(data, str) else f"<{type(data).__name__}>"
+    prompts, datas = _pair_tasks(prompt, data)
+    prompts = [get_prompt(p) for p in prompts]
+    specs = [d if isinstance(d, str) else f"<{type(d).__name__}>" for d in datas]
+    multi = len(prompts) > 1
     cfg = TuneConfig(
-        prompt=prompt.name, data=data_spec, model=model, method=method, epochs=epochs, max_steps=max_steps,
+        prompt=[p.name for p in prompts] if multi else prompts[0].name, data=specs if multi else specs[0],
+        model=model, method=method, epochs=epochs, max_steps=max_steps,
         lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, warmup=warmup,
         seed=seed, precision=precision, gradient_checkpointing=gradient_checkpointing, dev=dev,
-        eval_every=eval_every, patience=patience, name=name, options=options,
+        eval_every=eval_every, patience=patience, weights=list(weights) if weights is not None else None,
+        name=name, options=options,
     )
     spec = get_method(cfg.method)
     method_options = spec.make_options(cfg.options)
     cfg.options, cfg.lr = dataclasses.asdict(method_options), cfg.lr or spec.lr
-    splits = load_data(data, namespace)
-    train, dev_rows = _split_dev(splits, cfg)
-    prompt = prompt.resolve_target(train[0].keys() if train else splits["train"].column_names)
-    prompt.check(splits["train"].column_names)
+    names = _task_names([p.name for p in prompts])
+    tasks = [_load_task(n, p, d, s, w, cfg, namespace)
+             for n, p, d, s, (_, _, w) in zip(names, prompts, datas, specs, cfg.tasks)]
+    prompt = tasks[0].prompt  # what a soft prompt starts from with --init text
     if resume and not cfg.name:
         raise ConfigError("name", "is needed with --resume: which run should continue?")
     model_config, model_path = _model_config(cfg.model)
     if spec.check is not None:
         spec.check(model_config, method_options)  # an unfit method fails before any weights load
     quantization_config(spec.quantize, "cpu")  # 4-bit without bitsandbytes fails here, not after loading
-    cfg.name = cfg.name or _free_name(f"{prompt.name}-{cfg.method}")
+    cfg.name = cfg.name or _free_name(f"{'+'.join(names)}-{cfg.method}")
     run = Run.create(cfg.name, overwrite=overwrite, resume=resume)
     emit = events.Emitter(callbacks if callbacks is not None else [events.PlainProgress()])
-    _write_inputs(run, cfg, prompt, splits, resume)
+    _write_inputs(run, cfg, tasks, resume)
 
     loaded = load_model(cfg.model, quantize=spec.quantize, fresh=True)
-    examples, truncated = _examples(prompt, train, loaded.tokenizer, cfg)
-    dev_examples, _ = _examples(prompt, dev_rows, loaded.tokenizer, cfg, pool=train)
+    examples, truncated, evaluators = [], 0, {}
+    for i, task in enumerate(tasks):
+        task_examples, cut = _examples(task.prompt, task.train, loaded.tokenizer, cfg)
+        for e in task_examples if multi else ():
+            e["task"] = i  # the multi-task loss weighs and logs each example by its task
+        examples += task_examples
+        truncated += cut
+        if task.dev:
+            dev_examples, _ = _examples(task.prompt, task.dev, loaded.tokenizer, cfg, pool=task.train)
+            evaluators[task.name] = DevEvaluator(task.prompt, task.dev, dev_examples, task.train, loaded.tokenizer)
 
     import warnings
 
@@ -205,8 +249,9 @@ def tune(
     model = spec.build(loaded.model, method_options, context)
     trainable, total = _count_parameters(model)
     memory = _estimate(model_config, spec, cfg, loaded, trainable, examples)
-    dev_eval = DevEvaluator(prompt, dev_rows, dev_examples, train, loaded.tokenizer) if dev_rows else None
-    trainer = _trainer(model, loaded, examples, cfg, run, spec, dev_eval)
+    dev_eval = (TasksEvaluator(evaluators) if multi else evaluators[names[0]]) if evaluators else None
+    task_losses = TaskLosses(names, [t.weight for t in tasks]) if multi else None
+    trainer = _trainer(model, loaded, examples, cfg, run, spec, dev_eval, task_losses)
     bridge = _Bridge(emit, run, cfg, examples=len(examples), truncated=truncated, trainable=trainable, total=total,
                      memory=memory, dev_eval=dev_eval)
     trainer.add_callback(bridge)
@@ -234,6 +279,51 @@ def tune(
     _finish(run, emit, bridge, "completed")
     RUNS[run.name] = run
     return run
+
+
+@dataclass
+class _Task:
+    """One prompt on one data set, with the rows it trains and is evaluated on."""
+
+    name: str
+    prompt: Prompt
+    spec: str
+    weight: float
+    splits: Any
+    train: list
+    dev: list
+
+
+def _pair_tasks(prompt, data) -> tuple[list, list]:
+    """Prompts and data sets paired in order; one of either serves every task."""
+    prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
+    many = isinstance(data, (list, tuple)) and data and not any(isinstance(d, Mapping) for d in data)
+    datas = list(data) if many else [data]  # a list of dicts is one data set
+    if len(prompts) == 1 and len(datas) > 1:
+        prompts = prompts * len(datas)
+    elif len(datas) == 1 and len(prompts) > 1:
+        datas = datas * len(prompts)
+    if not prompts:
+        raise ConfigError("prompt", "is empty: give at least one prompt to train on")
+    if len(prompts) != len(datas):
+        raise ConfigError("data", f"gives {len(datas)} data sets for {len(prompts)} prompts; multi-task training "
+                          "pairs each prompt with the data set in the same place")
+    return prompts, datas
+
+
+def _task_names(prompts: list[str]) -> list[str]:
+    """Each task is called by its prompt; a prompt used on several data sets is numbered."""
+    if len(set(prompts)) == len(prompts):
+        return list(prompts)
+    return [f"{p}-{i + 1}" if prompts.count(p) > 1 else p for i, p in enumerate(prompts)]
+
+
+def _load_task(name: str, prompt: Prompt, data, spec: str, weight: float, cfg: TuneConfig, namespace) -> _Task:
+    splits = load_data(data, namespace)
+    train, dev_rows = _split_dev(splits, cfg)
+    prompt = prompt.resolve_target(train[0].keys() if train else splits["train"].column_names)
+    prompt.check(splits["train"].column_names)
+    return _Task(name, prompt, spec, float(weight), splits, train, dev_rows)
 
 
 def _split_dev(splits, cfg: TuneConfig) -> tuple[list[dict], list[dict]]:
@@ -313,7 +403,7 @@ def _free_name(base: str) -> str:
     return name
 
 
-def _write_inputs(run: Run, cfg: TuneConfig, prompt: Prompt, splits, resume: bool) -> None:
+def _write_inputs(run: Run, cfg: TuneConfig, tasks: list[_Task], resume: bool) -> None:
     if resume:
         saved = run.config
         changed = sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v and k != "name")
@@ -321,12 +411,19 @@ def _write_inputs(run: Run, cfg: TuneConfig, prompt: Prompt, splits, resume: boo
             raise ConfigError(changed[0], f"differs from the run being resumed ({saved.get(changed[0])!r}); "
                               "resume with the same settings or start a new run")
         return
+
+    def described(task: _Task) -> dict:
+        return {"spec": task.spec, "rows": {k: len(v) for k, v in task.splits.items()},
+                "train_fingerprint": fingerprint(task.splits["train"]), "columns": task.splits["train"].column_names}
+
     write_json(run.path / "config.json", cfg.to_dict())
-    write_json(run.path / "prompt.json", prompt.to_dict())
-    write_json(run.path / "data.json", {
-        "spec": cfg.data, "rows": {k: len(v) for k, v in splits.items()},
-        "train_fingerprint": fingerprint(splits["train"]), "columns": splits["train"].column_names,
-    })
+    write_json(run.path / "prompt.json", tasks[0].prompt.to_dict())
+    write_json(run.path / "data.json", described(tasks[0]))
+    if len(tasks) > 1:
+        write_json(run.path / "tasks.json", [
+            {"name": t.name, "prompt": t.prompt.to_dict(), "data": t.spec, "weight": t.weight, **described(t)}
+            for t in tasks
+        ])
     run.set_status("created")
 
 
@@ -340,6 +437,12 @@ def _collate(pad_id: int):
     import torch
 
     def collate(batch):
+        out = _pad(batch)
+        if "task" in batch[0]:
+            out["task"] = torch.tensor([b["task"] for b in batch], dtype=torch.long)
+        return out
+
+    def _pad(batch):
         width = max(len(b["input_ids"]) for b in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -391,7 +494,8 @@ def _checkpointing_args(enabled: bool) -> dict:
     return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
 
 
-def _trainer(model, loaded, examples, cfg: TuneConfig, run: Run, spec, dev_eval: "DevEvaluator | None"):
+def _trainer(model, loaded, examples, cfg: TuneConfig, run: Run, spec, dev_eval: "DevEvaluator | None",
+             task_losses: "TaskLosses | None" = None):
     import datasets
     import transformers
 
@@ -443,6 +547,9 @@ def _trainer(model, loaded, examples, cfg: TuneConfig, run: Run, spec, dev_eval:
         eval_dataset=datasets.Dataset.from_list(dev_eval.examples) if dev_eval is not None else None,
     )
     trainer.dev_eval = dev_eval
+    if task_losses is not None:
+        trainer.task_losses = task_losses
+        trainer.loss_is_scaled_for_ga = False  # a mean per micro-batch: the Trainer divides by grad_accum
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # it prints every log dict
     if dev_eval is not None and cfg.patience:
         trainer.add_callback(transformers.EarlyStoppingCallback(early_stopping_patience=cfg.patience))
@@ -459,6 +566,22 @@ class _NbkitTrainer(_trainer_base()):
     """``Trainer`` whose evaluation is nbkit's: dev loss, the prompt's metric, and a few generations."""
 
     dev_eval: "DevEvaluator | None" = None
+    task_losses: "TaskLosses | None" = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.task_losses is None or "task" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        inputs = dict(inputs)
+        task, labels = inputs.pop("task"), inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = self.task_losses(outputs.logits, labels, task)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs, *args, **kwargs):
+        if self.task_losses is not None and "loss" in logs:
+            logs = {**logs, **self.task_losses.flush()}
+        super().log(logs, *args, **kwargs)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         metrics = self.dev_eval(self.model, self.data_collator, self.args.per_device_train_batch_size)
@@ -514,6 +637,78 @@ class DevEvaluator:
                                  for r, o in zip(shown, outputs)]
         finally:
             model.train(was_training)
+        return metrics
+
+
+class TaskLosses:
+    """The multi-task loss, and each task's own loss for the logs.
+
+    ``loss = sum_t w_t * (sum of token losses of task t) / sum_t w_t * (target tokens of task t)``
+    over one batch: with all weights 1 it is the usual mean token loss of a mixed batch, and a
+    task of weight 2 pulls on the adapter as if its examples were there twice.
+    """
+
+    PREFIX = "task_loss:"
+
+    def __init__(self, names: Sequence[str], weights: Sequence[float]):
+        self.names, self.weights = list(names), [float(w) for w in weights]
+        self._reset()
+
+    def _reset(self):
+        self.sums, self.counts = [0.0] * len(self.names), [0] * len(self.names)
+
+    def __call__(self, logits, labels, task):
+        import torch
+        import torch.nn.functional as F
+
+        logits = logits[:, -labels.shape[1]:]  # learned prompts put virtual tokens before the input
+        targets = labels[:, 1:]
+        token = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                ignore_index=-100, reduction="none").view(targets.shape)
+        counted = targets != -100
+        per_example, tokens = (token * counted).sum(1), counted.sum(1)
+        w = torch.tensor(self.weights, device=logits.device)[task]
+        loss = (w * per_example).sum() / (w * tokens).sum().clamp(min=1)
+        with torch.no_grad():
+            for t in task.unique().tolist():
+                chosen = task == t
+                self.sums[t] += float(per_example[chosen].sum())
+                self.counts[t] += int(tokens[chosen].sum())
+        return loss
+
+    def flush(self) -> dict:
+        """Each task's mean token loss since the last flush (tasks absent from those batches are left out)."""
+        out = {f"{self.PREFIX}{n}": s / c for n, s, c in zip(self.names, self.sums, self.counts) if c}
+        self._reset()
+        return out
+
+
+class TasksEvaluator:
+    """Dev evaluation of a multi-task run: each task scored by its own :class:`DevEvaluator`.
+
+    Logs ``eval_<task>_<metric>`` per task; the selection metric is the mean over tasks (accuracy
+    when every task has label choices, else loss), so the best checkpoint is best on average.
+    """
+
+    def __init__(self, evaluators: Mapping[str, DevEvaluator]):
+        self.evaluators = dict(evaluators)
+        self.metric = "accuracy" if all(e.metric == "accuracy" for e in self.evaluators.values()) else "loss"
+        self.greater_is_better = self.metric == "accuracy"
+        self.examples = [x for e in self.evaluators.values() for x in e.examples]
+        self.rows = [r for e in self.evaluators.values() for r in e.rows]
+        self.last_samples: list[dict] = []
+
+    def __call__(self, model, collate, batch_size: int) -> dict:
+        metrics, samples = {}, []
+        for name, evaluator in self.evaluators.items():
+            for key, value in evaluator(model, collate, batch_size).items():
+                metrics[f"eval_{name}_{key.removeprefix('eval_')}"] = value
+            samples += evaluator.last_samples[:1]
+        for key in ("loss", "accuracy"):
+            values = [metrics[f"eval_{n}_{key}"] for n in self.evaluators if f"eval_{n}_{key}" in metrics]
+            if values:
+                metrics[f"eval_{key}"] = sum(values) / len(values)
+        self.last_samples = samples
         return metrics
 
 
@@ -580,6 +775,12 @@ def _finish(run: Run, emit, bridge: "_Bridge", status: str, error: str | None = 
         "examples": bridge.examples,
         "peak_memory_mb": _peak_memory_mb(),
     }
+    for task, values in bridge.task_losses.items():  # multi-task: each task's loss, first and at the end
+        values = [x for x in values if math.isfinite(x)]
+        if values:
+            last = values[-max(1, len(values) // 10):]
+            metrics[f"first_loss_{task}"] = values[0]
+            metrics[f"train_loss_{task}"] = sum(last) / len(last)
     if bridge.evaluations:
         metric = bridge.metric_key
         best = bridge.best_evaluation()
@@ -614,6 +815,7 @@ class _Bridge(_bridge_base()):
         self.memory, self.dev_eval = memory, dev_eval
         self.dev = len(dev_eval.rows) if dev_eval is not None else 0
         self.losses: list[float] = []
+        self.task_losses: dict[str, list[float]] = {}  # multi-task: each task's logged losses
         self.evaluations: list[dict] = []
         self.metric_key = "loss"
         self.step, self.started, self.tokens_per_second = 0, None, 0.0
@@ -659,11 +861,16 @@ class _Bridge(_bridge_base()):
         row = {"step": self.step, "epoch": round(state.epoch or 0, 4), "loss": loss,
                "lr": logs.get("learning_rate", 0.0), "tokens": state.num_input_tokens_seen,
                "elapsed": round(elapsed, 3)}
+        tasks = {k.removeprefix(TaskLosses.PREFIX): float(v) for k, v in logs.items()
+                 if k.startswith(TaskLosses.PREFIX)}
+        for task, value in tasks.items():
+            self.task_losses.setdefault(task, []).append(value)
+            row[f"loss_{task}"] = value
         self.run.append_metrics(row)
         self.emit.on_step(events.Step(
             step=self.step, total_steps=state.max_steps, epoch=row["epoch"], loss=loss, learning_rate=row["lr"],
             tokens_per_second=self.tokens_per_second, elapsed=elapsed,
-            eta=elapsed / done * (state.max_steps - self.step),
+            eta=elapsed / done * (state.max_steps - self.step), task_losses=tasks or None,
         ))
         if not math.isfinite(loss):
             control.should_training_stop = True

@@ -148,3 +148,21 @@ def test_nbkit_methods_lists_every_method_with_its_options(ip, capsys):
     for name in ("lora", "qlora", "dora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning", "full"):
         assert f"\n{name} " in "\n" + out
     assert "--virtual-tokens" in out and "--r (8)" in out
+
+
+def test_repeated_prompt_and_data_make_a_multi_task_tune(ip, monkeypatch):
+    from nbkit import models, training
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    ip.run_cell_magic("prompt", 'ma --target "{{ label }}" --choices refund,delivery,account,other', INTENT)
+    ip.run_cell_magic("prompt", 'mb --target "{{ label }}" --choices positive,negative', "Review: {{ text }}")
+    with pytest.raises(ConfigError, match="one weight per task \\(2\\)"):
+        ip.run_line_magic("tune", "--prompt ma --data sample:intent --prompt mb --data sample:sentiment --weights 1,2,3")
+    with pytest.raises(UsageError, match="--weights"):
+        ip.run_line_magic("tune", "--prompt ma --data sample:intent --prompt mb --data sample:sentiment --weights 1,x")
+    calls = []
+    monkeypatch.setattr(training, "tune", lambda prompt, data, **kw: calls.append((prompt, data, kw["weights"])))
+    ip.run_line_magic("tune", "--prompt ma --data sample:intent --prompt mb --data sample:sentiment --weights 1,2")
+    ip.run_line_magic("tune", "--prompt ma --data sample:intent")
+    assert calls == [(["ma", "mb"], ["sample:intent", "sample:sentiment"], [1.0, 2.0]),
+                     ("ma", "sample:intent", None)]

@@ -3,8 +3,13 @@
 Run: .venv/bin/python tools/make_quickstart.py && make notebooks
 """
 
+import re
+
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+# the methods table as bench/methods.py --write last left it in the README
+METHODS_TABLE = re.search(r"<!-- methods-table -->\n.*?<!-- /methods-table -->", open("README.md").read(), re.S).group(0)
 
 cells = [
     new_markdown_cell(
@@ -60,6 +65,15 @@ cells = [
     ),
     new_code_cell("%evaluate --prompt intent --run run --data $data --limit $limit -o comparison"),
     new_code_cell("comparison.frame.round(3)"),
+    new_markdown_cell(
+        "## 5. Which method?\n\n`--method` picks how the model adapts: weight adapters (`lora`, `qlora`, `dora`, "
+        "`ia3`), learned prompts (`prompt-tuning`, `p-tuning`, `prefix-tuning`) or every weight (`full`); "
+        "`%nbkit methods` lists their options. Quality against compute, measured on this task by "
+        "`bench/methods.py` (not run here: it takes half an hour):\n\n" + METHODS_TABLE + "\n\n"
+        "One adapter can also learn several tasks at once, each with its weight in the loss and its own loss "
+        "logged: `%tune --prompt intent --data sample:intent --prompt sentiment --data sample:sentiment "
+        "--weights 2,1`."
+    ),
 ]
 
 nb = new_notebook(cells=cells, metadata={
