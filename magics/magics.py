@@ -164,6 +164,9 @@ class NbkitMagics(Magics):
     @argument("--name", help="run name (default <prompt>-<method>)")
     @argument("--resume", action="store_true", help="continue run --name from its last checkpoint")
     @argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    @argument("--save-every", type=int, help="steps between checkpoints (default: four per run)")
+    @argument("--export", metavar="FILE.yaml",
+              help="write the validated job to a file instead of training (run it with nbkit tune --config)")
     @argument("--progress", default="auto", choices=["auto", "widget", "plain", "none"],
               help="live widget, plain lines or nothing (default: widget in Jupyter)")
     @argument("-o", "--output", metavar="VAR", help="bind the Run to VAR")
@@ -190,10 +193,13 @@ class NbkitMagics(Magics):
             max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
             max_length=args.max_length, warmup=args.warmup, seed=args.seed, precision=args.precision,
             gradient_checkpointing=args.gradient_checkpointing, dev=_number_or_name(args.dev),
-            eval_every=args.eval_every, patience=args.patience, name=args.name,
-            resume=args.resume, overwrite=args.overwrite, namespace=self.shell.user_ns, callbacks=callbacks,
-            **{k: v for k, v in options.items() if v is not None},
+            eval_every=args.eval_every, patience=args.patience, save_every=args.save_every, name=args.name,
+            resume=args.resume, overwrite=args.overwrite, export=args.export, namespace=self.shell.user_ns,
+            callbacks=callbacks, **{k: v for k, v in options.items() if v is not None},
         )
+        if args.export:
+            print(f"wrote {run}; run it with: nbkit tune --config {run}  "
+                  f"(or torchrun --nproc-per-node N -m nbkit tune --config {run})")
         return self._bind(args.output, run)
 
     @magic_arguments()

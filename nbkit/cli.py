@@ -1,4 +1,5 @@
-"""The ``nbkit`` command: ``nbkit run NOTEBOOK -p key value …`` and ``nbkit export RUN --merge``."""
+"""The ``nbkit`` command: ``nbkit run NOTEBOOK -p key value …``, ``nbkit tune --config job.yaml``
+and ``nbkit export RUN --merge``."""
 
 from __future__ import annotations
 
@@ -22,6 +23,22 @@ def _run(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    from .distributed import world
+    from .jobfiles import run_job
+
+    overrides = list(args.set) + ([f"name={args.name}"] if args.name else [])
+    run = run_job(args.config, overrides, resume=args.resume, overwrite=args.overwrite)
+    if world().main:
+        m = run.metrics
+        dev = {k: v for k, v in m.items() if k.startswith("dev_") and k != "dev_examples"}
+        summary = [f"steps {m.get('steps')}", f"train loss {m.get('train_loss', float('nan')):.4f}",
+                   f"{m.get('train_seconds', 0):.0f} s", f"{m.get('tokens_per_second', 0):.0f} tokens/s"]
+        summary += [f"{k.replace('_', ' ')} {v:.4f}" for k, v in dev.items() if isinstance(v, float)]
+        print(f"nbkit: run {run.name} {run.status}: {', '.join(summary)}\nnbkit: adapter in {run.adapter_path}")
+    return 0
+
+
 def _export(args) -> int:
     from .exports import export
 
@@ -42,7 +59,7 @@ def _table(results: dict, metrics: list[str]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="nbkit", description="nbkit: notebooks as jobs")
+    parser = argparse.ArgumentParser(prog="nbkit", description="nbkit: notebooks and tune jobs, headless")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute a notebook with papermill into a job folder")
     run.add_argument("notebook")
@@ -50,6 +67,13 @@ def main(argv=None) -> int:
                      help="set a parameter of the notebook's parameters cell (repeatable)")
     run.add_argument("--jobs-dir", default="jobs", help="where job folders go (default ./jobs)")
     run.add_argument("--kernel", help="kernel name (default: this Python)")
+    tune = sub.add_parser("tune", help="train a job file written by %%tune --export (also under torchrun)")
+    tune.add_argument("--config", required=True, help="the job file (.yaml)")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a setting: lr=1e-4, options.r=16, epochs=1 (repeatable)")
+    tune.add_argument("--name", help="run name (default: the job's, else <prompt>-<method>)")
+    tune.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    tune.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
     exp = sub.add_parser("export", help="write a run as a merged model (or its adapter) for other tools")
     exp.add_argument("run", help="run name or directory")
     exp.add_argument("--out", help="folder to write (default <run>-export)")
@@ -58,7 +82,7 @@ def main(argv=None) -> int:
     exp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
     try:
-        return {"run": _run, "export": _export}[args.command](args)
+        return {"run": _run, "tune": _tune, "export": _export}[args.command](args)
     except NbkitError as e:
         print(f"nbkit: error: {e}", file=sys.stderr)
         return 1

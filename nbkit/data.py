@@ -1,7 +1,8 @@
 """Data specs → ``datasets.DatasetDict`` with ``train`` and ``test`` splits.
 
 A spec is ``sample:NAME`` (shipped in the package), a file (``.csv``,
-``.jsonl``, ``.json``, ``.parquet``), ``hf:ID[:CONFIG]`` (the hub, when online),
+``.jsonl``, ``.json``, ``.parquet``), a folder of such files named by split
+(``train.jsonl``, ``test.jsonl``, …), ``hf:ID[:CONFIG]`` (the hub, when online),
 the name of a notebook variable, or the object itself (pandas DataFrame, list
 of dicts, ``datasets.Dataset`` or ``DatasetDict``).
 """
@@ -67,6 +68,8 @@ def _resolve(spec: Any, namespace: Mapping[str, Any]):
     if spec.startswith("hf:"):
         return _from_hub(spec[len("hf:"):])
     path = Path(spec).expanduser()
+    if path.is_dir() and spec not in namespace:
+        return _from_folder(path)
     if path.suffix.lower() in FILE_SUFFIXES:
         if not path.exists():
             raise DataError(f"data file {spec!r} not found (looked in {path.resolve().parent})")
@@ -86,6 +89,24 @@ def _from_sample(name: str):
     if not (folder / "train.jsonl").exists():
         raise UnknownNameError("sample data set", name, available_samples())
     return datasets.DatasetDict({f.stem: _read_file(f)["train"] for f in sorted(folder.glob("*.jsonl"))})
+
+
+def _from_folder(folder: Path):
+    """A folder whose files are the splits: ``train.jsonl``, ``test.csv``, … (what sample data and job exports hold)."""
+    import datasets
+
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in FILE_SUFFIXES)
+    if not any(f.stem == "train" for f in files):
+        raise DataError(f"data folder {str(folder)!r} has no train file; it needs train.jsonl (or .csv, .json, "
+                        f".parquet) and optionally test.jsonl; found: {', '.join(f.name for f in files) or 'nothing'}")
+    return datasets.DatasetDict({f.stem: _read_file(f)["train"] for f in files})
+
+
+def save_splits(splits, folder: Path) -> None:
+    """Write each split as ``<split>.jsonl`` into ``folder``: what a folder data spec reads back."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in splits.items():
+        part.to_pandas().to_json(folder / f"{name}.jsonl", orient="records", lines=True, force_ascii=False)
 
 
 def _from_hub(ident: str):

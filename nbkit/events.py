@@ -30,6 +30,9 @@ class Begin:
     dev_examples: int = 0  # held-out rows evaluated during training
     memory: str | None = None  # the memory estimate, described
     memory_advice: list[str] | None = None  # set when the estimate does not fit: what to change
+    processes: int = 1  # data-parallel processes (torchrun / accelerate launch)
+    batch_size: int = 0  # rows per optimizer step before accumulation, split over the processes
+    grad_accum: int = 1
 
 
 @dataclass
@@ -141,6 +144,10 @@ class PlainProgress(Callback):
             self._print(f"  memory: {e.memory}")
         if e.memory_advice:
             self._print(f"  warning: this may not fit; try {'; or '.join(e.memory_advice)}")
+        if e.processes > 1:
+            self._print(f"  {e.processes} processes: {e.batch_size // e.processes} rows each per batch of "
+                        f"{e.batch_size}, x{e.grad_accum} accumulation = {e.batch_size * e.grad_accum} examples "
+                        "per update (effective batch size)")
         if e.dev_examples:
             self._print(f"  evaluating on {e.dev_examples} held-out examples during training")
         self._next = 1 / self.lines

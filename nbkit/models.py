@@ -117,12 +117,21 @@ def quantization_config(quantize: str | None, device: str):
 
     if quantize == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
+    fsdp = {}
+    if under_fsdp():  # FSDP shards float tensors only: the 4-bit weights are packed in the compute dtype
+        fsdp["bnb_4bit_quant_storage"] = compute_dtype(device)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype(device),
+        **fsdp,
     )
+
+
+def under_fsdp() -> bool:
+    """Launched by ``accelerate launch`` with an FSDP config (it sets ``ACCELERATE_USE_FSDP``)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
 
 
 def embedded_gguf(name: str) -> Path:
@@ -293,7 +302,8 @@ def load_model(spec: str = DEFAULT_MODEL, *, quantize: str | None = None, device
     kwargs: dict[str, Any] = {"dtype": compute_dtype(device)}
     if quantize:
         kwargs["quantization_config"] = quantization_config(quantize, device)
-        kwargs["device_map"] = {"": device}
+        if not under_fsdp():  # under FSDP the Trainer places (and shards) the model
+            kwargs["device_map"] = {"": device}
     try:
         with _quiet():
             tokenizer = AutoTokenizer.from_pretrained(source)

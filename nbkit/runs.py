@@ -147,18 +147,38 @@ class Run:
         )
         return f"<div class='nbkit-run'><b>nbkit run {html.escape(self.name)}</b><table>{body}</table></div>"
 
+    def export(self, path: str | os.PathLike) -> Path:
+        """Write this run's configuration as a job file: ``nbkit tune --config FILE`` trains it again
+        (under a new name unless ``--name`` says otherwise), headless or under torchrun."""
+        from .jobfiles import write_job
+        from .prompts import Prompt
+
+        tasks = self.tasks
+        kept = [t["data"] for t in tasks if str(t["data"]).startswith("<")]
+        if kept:
+            raise NbkitError(f"run {self.name!r} trained on data held in a notebook variable ({kept[0]}), which a "
+                             "run does not keep; write the job with %tune ... --export FILE while the variable exists")
+        config = {**self.config, "name": None}
+        return write_job(path, config, [Prompt.from_dict(t["prompt"]) for t in tasks], [t["data"] for t in tasks])
+
     # -- writing (used by training) ---------------------------------------------
     @classmethod
-    def create(cls, name: str, overwrite: bool = False, resume: bool = False, root: Path | None = None) -> "Run":
+    def check_create(cls, name: str, overwrite: bool = False, resume: bool = False, root: Path | None = None) -> Path:
+        """Where :meth:`create` would write, or the error it would raise."""
         from .errors import RunExistsError
 
         path = (root or runs_dir()) / name
-        if path.exists() and not resume:
-            if not overwrite:
-                raise RunExistsError(path)
-            shutil.rmtree(path)
+        if path.exists() and not resume and not overwrite:
+            raise RunExistsError(path)
         if resume and not path.exists():
             raise UnknownNameError("run to resume", name, available_runs(root), "")
+        return path
+
+    @classmethod
+    def create(cls, name: str, overwrite: bool = False, resume: bool = False, root: Path | None = None) -> "Run":
+        path = cls.check_create(name, overwrite, resume, root)
+        if path.exists() and not resume:
+            shutil.rmtree(path)  # overwrite
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from . import events
+from . import distributed, events
 from .data import fingerprint, load_data
 from .encoding import training_example
 from .errors import ConfigError, TrainingFailed, TrainingInterrupted
@@ -55,6 +56,10 @@ class TuneConfig:
     patience: int | None = field(
         default=None, metadata={"help": "stop after this many evaluations without improvement (needs dev)"}
     )
+    save_every: int | None = field(
+        default=None, metadata={"help": "steps between checkpoints for --resume; default four per run (with "
+                                        "--dev: at every evaluation)"}
+    )
     weights: list | None = field(
         default=None, metadata={"help": "multi-task: each task's weight in the loss (default all 1)"}
     )
@@ -92,6 +97,11 @@ class TuneConfig:
                 raise ConfigError("dev", "must not be the train split: evaluate on data the run does not train on")
         if self.eval_every is not None:
             positive("eval_every", self.eval_every, int)
+        if self.save_every is not None:
+            positive("save_every", self.save_every, int)
+            if self.dev is not None:
+                raise ConfigError("save_every", "does not go with --dev: checkpoints are saved at every evaluation "
+                                  "then (the best one is kept); set --eval-every instead")
         if self.patience is not None:
             positive("patience", self.patience, int)
             if self.dev is None:
@@ -152,10 +162,12 @@ def tune(
     dev: float | int | str | None = None,
     eval_every: int | None = None,
     patience: int | None = None,
+    save_every: int | None = None,
     weights: Sequence[float] | None = None,
     name: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    export: str | os.PathLike | None = None,
     namespace: Mapping[str, Any] | None = None,
     callbacks: Sequence[events.Callback] | None = None,
     **options,
@@ -178,19 +190,26 @@ def tune(
             name); the best checkpoint by its metric becomes the run's adapter.
         eval_every: steps between those evaluations (default: five per run).
         patience: stop after this many evaluations without improvement.
+        save_every: steps between checkpoints (default: four per run; with ``dev``, every evaluation).
         weights: multi-task: each task's weight in the loss, ``sum_t w_t * (token losses of t)``
             over ``sum_t w_t * (tokens of t)`` per batch; all 1 (the default) is plain fine-tuning
             on the mixed data. Each task's own loss is logged (``Run.history``, ``loss_<task>``).
         name: run name (a folder under ``runs/``); default ``<prompt>-<method>``, numbered if taken.
         resume: continue the run ``name`` from its last checkpoint.
         overwrite: replace an existing run directory of the same name.
+        export: write the validated configuration as a job file (``.yaml``) instead of training, for
+            ``nbkit tune --config FILE`` (also under torchrun / accelerate launch); returns its path.
+            Data held in notebook variables is written beside it.
         namespace: where data given as a variable name is looked up.
         callbacks: progress subscribers; default prints a few plain lines.
         **options: method options (``r``, ``alpha``, ``dropout``, ``target_modules``, ``virtual_tokens``, …;
             ``%nbkit methods`` lists them).
 
     Returns:
-        The :class:`Run`, completed.
+        The :class:`Run`, completed (the job file's path with ``export``).
+
+    Under ``torchrun`` / ``accelerate launch`` every process calls this; they train data-parallel
+    with ``batch_size`` split between them, and only the first writes the run directory.
 
     Raises:
         ConfigError, UnknownNameError, TemplateError, DataError: before any model loads.
@@ -205,8 +224,8 @@ def tune(
         model=model, method=method, epochs=epochs, max_steps=max_steps,
         lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, warmup=warmup,
         seed=seed, precision=precision, gradient_checkpointing=gradient_checkpointing, dev=dev,
-        eval_every=eval_every, patience=patience, weights=list(weights) if weights is not None else None,
-        name=name, options=options,
+        eval_every=eval_every, patience=patience, save_every=save_every,
+        weights=list(weights) if weights is not None else None, name=name, options=options,
     )
     spec = get_method(cfg.method)
     method_options = spec.make_options(cfg.options)
@@ -221,12 +240,28 @@ def tune(
     if spec.check is not None:
         spec.check(model_config, method_options)  # an unfit method fails before any weights load
     quantization_config(spec.quantize, "cpu")  # 4-bit without bitsandbytes fails here, not after loading
-    cfg.name = cfg.name or _free_name(f"{'+'.join(names)}-{cfg.method}")
-    run = Run.create(cfg.name, overwrite=overwrite, resume=resume)
-    emit = events.Emitter(callbacks if callbacks is not None else [events.PlainProgress()])
-    _write_inputs(run, cfg, tasks, resume)
+    if export is not None:
+        from .jobfiles import write_job
 
-    loaded = load_model(cfg.model, quantize=spec.quantize, fresh=True)
+        return write_job(export, cfg.to_dict(), [t.prompt for t in tasks], datas, namespace)
+
+    world = distributed.world()
+    _check_world(world, cfg, sum(len(t.train) for t in tasks))
+    device = _process_device()
+    distributed.start(device)
+    cfg.name = cfg.name or _free_name(f"{'+'.join(names)}-{cfg.method}")
+    Run.check_create(cfg.name, overwrite=overwrite, resume=resume)  # every process: they fail alike
+    distributed.barrier(world)
+    if world.main:
+        run = Run.create(cfg.name, overwrite=overwrite, resume=resume)
+        _write_inputs(run, cfg, tasks, resume)
+    distributed.barrier(world)
+    run = Run(runs_dir() / cfg.name)
+    if callbacks is None:
+        callbacks = [events.PlainProgress()]
+    emit = events.Emitter(callbacks if world.main else [])  # one process reports
+
+    loaded = load_model(cfg.model, quantize=spec.quantize, device=device, fresh=True)
     examples, truncated, evaluators = [], 0, {}
     for i, task in enumerate(tasks):
         task_examples, cut = _examples(task.prompt, task.train, loaded.tokenizer, cfg)
@@ -253,22 +288,25 @@ def tune(
     task_losses = TaskLosses(names, [t.weight for t in tasks]) if multi else None
     trainer = _trainer(model, loaded, examples, cfg, run, spec, dev_eval, task_losses)
     bridge = _Bridge(emit, run, cfg, examples=len(examples), truncated=truncated, trainable=trainable, total=total,
-                     memory=memory, dev_eval=dev_eval)
+                     memory=memory, dev_eval=dev_eval, world=world)
     trainer.add_callback(bridge)
     checkpoint = _last_checkpoint(run) if resume else None
     if resume and checkpoint is None:
         emit.on_note(f"run {run.name!r} has no checkpoint yet: it starts from the beginning")
 
-    run.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), error=None)
+    if world.main:
+        run.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), error=None)
     try:
-        with _soft_interrupt(bridge), _quiet():
+        # several processes must stop at the same step: there a Ctrl-C stops at once, checkpoints resume
+        with _soft_interrupt(bridge, soft=not world.distributed), _quiet():
             trainer.train(resume_from_checkpoint=checkpoint)
         if bridge.interrupt_requested:
             raise KeyboardInterrupt
         _check_finite(bridge, run)
-        with _quiet():
-            run.save_adapter(model, loaded.tokenizer if spec.kind == "full" else None)
-        run.drop_checkpoints()  # a completed run has nothing to resume; full-model checkpoints are GBs
+        if world.main:
+            with _quiet():
+                run.save_adapter(model, loaded.tokenizer if spec.kind == "full" else None)
+            run.drop_checkpoints()  # a completed run has nothing to resume; full-model checkpoints are GBs
     except KeyboardInterrupt:
         _finish(run, emit, bridge, "interrupted")
         raise TrainingInterrupted(run) from None
@@ -292,6 +330,27 @@ class _Task:
     splits: Any
     train: list
     dev: list
+
+
+def _process_device() -> str:
+    """This process's device: under a multi-GPU launch, the GPU of its local rank."""
+    from .models import pick_device
+
+    device = pick_device()
+    if device == "cuda" and distributed.world().distributed:
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return device
+
+
+def _check_world(world: "distributed.World", cfg: TuneConfig, rows: int) -> None:
+    """Settings a multi-process run cannot take, said before any model loads."""
+    if not world.distributed:
+        return
+    if rows < world.size:
+        raise ConfigError("data", f"has {rows} training rows for {world.size} processes; use fewer processes")
+    if cfg.batch_size % world.size:
+        raise ConfigError("batch_size", f"{cfg.batch_size} does not split over {world.size} processes: each takes "
+                          f"an equal share of every batch; use a multiple of {world.size}")
 
 
 def _pair_tasks(prompt, data) -> tuple[list, list]:
@@ -386,7 +445,7 @@ def _estimate(model_config, spec, cfg: TuneConfig, loaded, trainable: int, examp
 
 def _explain(error: Exception, memory, spec, cfg: TuneConfig) -> str:
     """A failure as one message; out-of-memory comes with the estimate and what to change."""
-    if isinstance(error, FloatingPointError):  # nbkit's own NaN message says everything
+    if isinstance(error, (FloatingPointError, Terminated)):  # nbkit's own messages say everything
         return str(error)
     text = f"{type(error).__name__}: {error}"
     if "out of memory" in str(error).lower() or type(error).__name__ == "OutOfMemoryError":
@@ -475,7 +534,7 @@ def schedule(cfg: TuneConfig, examples: int, dev: bool) -> dict:
     steps_per_epoch = math.ceil(examples / (cfg.batch_size * cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     if not dev:
-        return {"total": total, "save_steps": max(10, total // 4), "eval_steps": None}
+        return {"total": total, "save_steps": cfg.save_every or max(10, total // 4), "eval_steps": None}
     every = cfg.eval_every or max(1, total // 5)
     # best-checkpoint selection needs a checkpoint at every evaluation
     return {"total": total, "save_steps": every, "eval_steps": every}
@@ -501,11 +560,19 @@ def _trainer(model, loaded, examples, cfg: TuneConfig, run: Run, spec, dev_eval:
 
     precision = autocast_precision(loaded.device) if cfg.precision == "auto" else cfg.precision
     plan = schedule(cfg, len(examples), dev_eval is not None)
-    dev_args = {}
+    extra_args = {}
     if dev_eval is not None:
-        dev_args = dict(
+        extra_args = dict(
             eval_strategy="steps", eval_steps=plan["eval_steps"], load_best_model_at_end=True,
             metric_for_best_model=dev_eval.metric, greater_is_better=dev_eval.greater_is_better,
+        )
+    world = distributed.world()
+    if world.distributed:
+        extra_args.update(
+            # the batch_size rows of each step are split between the processes: the same updates as one process
+            accelerator_config={"split_batches": True},
+            ddp_find_unused_parameters=False,
+            ddp_timeout=distributed.TIMEOUT_SECONDS,  # a lost process fails the job instead of hanging it
         )
     args = transformers.TrainingArguments(
         output_dir=str(run.path / "checkpoints"),
@@ -539,7 +606,7 @@ def _trainer(model, loaded, examples, cfg: TuneConfig, run: Run, spec, dev_eval:
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         **_checkpointing_args(cfg.gradient_checkpointing),
-        **dev_args,
+        **extra_args,
     )
     dataset = datasets.Dataset.from_list(examples)
     trainer = _NbkitTrainer(
@@ -712,12 +779,20 @@ class TasksEvaluator:
         return metrics
 
 
+class Terminated(Exception):
+    """SIGTERM: a launcher stopping the job (torchrun does when another process failed) or a scheduler."""
+
+
 class _soft_interrupt:
     """The first Ctrl-C (a kernel interrupt) stops training at the end of the step with a checkpoint;
-    a second one interrupts at once."""
+    a second one interrupts at once. With ``soft=False`` (several processes) the first one does.
 
-    def __init__(self, bridge: "_Bridge"):
-        self.bridge, self.previous = bridge, None
+    SIGTERM fails the run with a message instead of killing the process silently, so the run is
+    marked failed and ``--resume`` continues from its last checkpoint.
+    """
+
+    def __init__(self, bridge: "_Bridge", soft: bool = True):
+        self.bridge, self.soft, self.previous = bridge, soft, {}
 
     def __enter__(self):
         import signal
@@ -726,21 +801,26 @@ class _soft_interrupt:
         if threading.current_thread() is not threading.main_thread():
             return self  # signals reach the main thread only; Ctrl-C then interrupts at once
 
-        def handler(signum, frame):
-            if self.bridge.interrupt_requested:
+        def interrupt(signum, frame):
+            if self.bridge.interrupt_requested or not self.soft:
                 raise KeyboardInterrupt
             self.bridge.interrupt_requested = True
             self.bridge.emit.on_note("interrupt: stopping after this step and saving a checkpoint "
                                      "(interrupt again to stop at once)")
 
-        self.previous = signal.signal(signal.SIGINT, handler)
+        def terminate(signum, frame):
+            raise Terminated("stopped by SIGTERM (a launcher does this when another process of the job failed; "
+                             "schedulers, to stop a job); --resume continues from the last checkpoint")
+
+        self.previous = {signal.SIGINT: signal.signal(signal.SIGINT, interrupt),
+                         signal.SIGTERM: signal.signal(signal.SIGTERM, terminate)}
         return self
 
     def __exit__(self, *exc):
         import signal
 
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
         return False
 
 
@@ -786,7 +866,8 @@ def _finish(run: Run, emit, bridge: "_Bridge", status: str, error: str | None = 
         best = bridge.best_evaluation()
         metrics.update({f"dev_{metric}": best.get(f"eval_{metric}"), "best_step": best.get("step"),
                         "dev_examples": bridge.dev})
-    run.set_status(status, metrics=metrics, error=error, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if bridge.world.main:
+        run.set_status(status, metrics=metrics, error=error, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     emit.on_end(events.End(status=status, elapsed=elapsed, steps=bridge.step, metrics=metrics, error=error, run=run))
 
 
@@ -809,8 +890,9 @@ class _Bridge(_bridge_base()):
     """Turns the Trainer's callbacks into nbkit events and metrics.jsonl / dev.jsonl lines."""
 
     def __init__(self, emit, run: Run, cfg: TuneConfig, examples: int, truncated: int, trainable: int, total: int,
-                 memory=None, dev_eval: "DevEvaluator | None" = None):
+                 memory=None, dev_eval: "DevEvaluator | None" = None, world: "distributed.World | None" = None):
         self.emit, self.run, self.cfg = emit, run, cfg
+        self.world = world or distributed.World()  # only the main process writes metrics
         self.examples, self.truncated, self.trainable, self.total = examples, truncated, trainable, total
         self.memory, self.dev_eval = memory, dev_eval
         self.dev = len(dev_eval.rows) if dev_eval is not None else 0
@@ -835,7 +917,8 @@ class _Bridge(_bridge_base()):
             run_name=self.run.name, run_path=str(self.run.path), model=self.cfg.model, method=self.cfg.method,
             total_steps=state.max_steps, epochs=self.cfg.epochs, examples=self.examples,
             trainable_parameters=self.trainable, total_parameters=self.total, truncated=self.truncated,
-            resumed_from=state.global_step, dev_examples=self.dev,
+            resumed_from=state.global_step, dev_examples=self.dev, processes=self.world.size,
+            batch_size=self.cfg.batch_size, grad_accum=self.cfg.grad_accum,
             memory=memory.describe() if memory else None,
             memory_advice=None if memory is None or memory.fits else memory.suggestions(
                 self.cfg.method, self.cfg.batch_size, self.cfg.gradient_checkpointing),
@@ -866,7 +949,8 @@ class _Bridge(_bridge_base()):
         for task, value in tasks.items():
             self.task_losses.setdefault(task, []).append(value)
             row[f"loss_{task}"] = value
-        self.run.append_metrics(row)
+        if self.world.main:
+            self.run.append_metrics(row)
         self.emit.on_step(events.Step(
             step=self.step, total_steps=state.max_steps, epoch=row["epoch"], loss=loss, learning_rate=row["lr"],
             tokens_per_second=self.tokens_per_second, elapsed=elapsed,
@@ -885,7 +969,8 @@ class _Bridge(_bridge_base()):
         self.evaluations.append(row)
         key = f"eval_{self.metric_key}"
         best = self.best_evaluation() is row
-        self.run.append_metrics(row, "dev.jsonl")
+        if self.world.main:
+            self.run.append_metrics(row, "dev.jsonl")
         self.emit.on_evaluate(events.Evaluation(
             step=state.global_step, total_steps=state.max_steps, metric=self.metric_key, value=row.get(key),
             loss=row.get("eval_loss"), best=best,

@@ -34,6 +34,17 @@ def smol():
     return load_model("smollm2-135m")
 
 
+@pytest.fixture(scope="session")
+def ip():
+    """A real IPython shell with the extension loaded (one per test session: IPython's is global)."""
+    from IPython.testing import globalipapp
+
+    globalipapp.start_ipython()
+    shell = globalipapp.get_ipython()
+    shell.run_line_magic("load_ext", "nbkit")
+    return shell
+
+
 @pytest.fixture
 def intent_prompt():
     from nbkit.prompts import Prompt

@@ -10,15 +10,6 @@ from nbkit.errors import ConfigError, TemplateError, UnknownNameError
 from nbkit.prompts import PROMPTS
 
 
-@pytest.fixture(scope="module")
-def ip():
-    from IPython.testing.globalipapp import start_ipython
-
-    shell = start_ipython()
-    shell.run_line_magic("load_ext", "nbkit")
-    return shell
-
-
 INTENT = "Which team should handle this message?\nMessage: {{ text }}\nTeam:"
 
 
