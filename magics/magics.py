@@ -89,6 +89,8 @@ class NbkitMagics(Magics):
     @argument("--choices", help="comma-separated label words for classification")
     @argument("--system", help="system message (chat models) or preamble")
     @argument("--shots", type=int, default=0, help="few-shot examples drawn from the training split")
+    @argument("--selection", default="random", choices=["random", "balanced"],
+              help="how the shots are drawn: random, or balanced (each class in turn)")
     @argument("--run", action="store_true", help="render and generate on --limit rows of --data")
     @argument("--data", help="data spec: sample:NAME, a file, hf:ID or a variable name")
     @argument("--split", default="test", help="split the --run rows come from (default test)")
@@ -114,7 +116,7 @@ class NbkitMagics(Magics):
         args = self._parse(self.prompt, line)
         prompt = register_prompt(Prompt(
             cell, name=args.name, target=args.target, choices=_csv(args.choices),
-            system=args.system, shots=args.shots,
+            system=args.system, shots=args.shots, selection=args.selection,
         ))
         if not args.run:
             variables = ", ".join(sorted(prompt.variables)) or "none"
@@ -207,25 +209,67 @@ class NbkitMagics(Magics):
     @argument("--run", action="append", help="a run to evaluate: name, directory or variable (repeatable)")
     @argument("--data", help="data spec (default: the run's training data)")
     @argument("--split", default="test", help="split to evaluate on (default test)")
-    @argument("--metric", action="append", help="accuracy, f1 or exact_match (repeatable)")
+    @argument("--metric", action="append",
+              help="with choices: accuracy, f1, precision, recall; free text: exact_match, token_f1, rouge1, "
+                   "rouge2, rougeL, perplexity (repeatable; defaults: accuracy,f1 / exact_match,token_f1,rougeL)")
     @argument("--limit", type=int, help="evaluate only the first N rows")
     @argument("--model", help="base model for the prompts (default smollm2-135m)")
     @argument("--scoring", default="sum", choices=["sum", "mean"],
               help="label log-likelihood: sum, or mean per token (length-normalised)")
     @argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
+    @argument("--search", action="store_true",
+              help="search prompts instead: every --prompt x --words x --shots x --selection (x --paraphrases), "
+                   "ranked on a dev split, the best registered as --name")
+    @argument("--words", action="append", help="--search: label words to try, label=word,label=word (repeatable)")
+    @argument("--shots", help="--search: numbers of few-shot examples to try, e.g. 0,2,4")
+    @argument("--selection", help="--search: how shots are chosen: random, balanced (comma-separated)")
+    @argument("--paraphrases", type=int, default=0, help="--search: instruction rewordings to ask the model for")
+    @argument("--dev", help="--search: a split, or a fraction/count of train to rank on (default 0.25)")
+    @argument("--name", help="--search: name of the best prompt (default <prompt>-best)")
     @argument("-o", "--output", metavar="VAR", help="bind the Report to VAR")
     @no_var_expand
     @line_magic
     def evaluate(self, line):
-        """Evaluate prompts and tuned runs side by side; returns a Report."""
+        """Evaluate prompts and tuned runs side by side (or --search prompts); returns a Report."""
         from nbkit.evaluation import evaluate
 
         args = self._parse(self.evaluate, line)
+        if args.search:
+            return self._bind(args.output, self._search(args))
+        unused = [f"--{n}" for n in ("words", "shots", "selection", "dev", "name") if getattr(args, n)]
+        if unused or args.paraphrases:
+            raise UsageError(f"{(unused or ['--paraphrases'])[0]} belongs to --search")
         report = evaluate(
             args.prompt, args.run, args.data, model=args.model, split=args.split, metric=args.metric,
             limit=args.limit, scoring=args.scoring, batch_size=args.batch_size, namespace=self.shell.user_ns,
         )
         return self._bind(args.output, report)
+
+    def _search(self, args):
+        from nbkit.search import search_prompts
+
+        if not args.prompt or args.run:
+            raise UsageError("--search starts from one or more --prompt (and takes no --run)")
+        words = []
+        for item in args.words or []:
+            pairs = [p.split("=", 1) for p in _csv(item)]
+            if any(len(p) != 2 for p in pairs):
+                raise UsageError(f"--words takes label=word pairs separated by commas; got {item!r}")
+            words.append({k.strip(): v.strip() for k, v in pairs})
+        try:
+            shots = [int(k) for k in _csv(args.shots)] if args.shots else [0]
+        except ValueError:
+            raise UsageError(f"--shots takes comma-separated whole numbers like 0,2,4; got {args.shots!r}") from None
+        report = search_prompts(
+            args.prompt, args.data, words=words, shots=shots, selection=_csv(args.selection) or ["random"],
+            paraphrases=args.paraphrases, dev=_number_or_name(args.dev) if args.dev else 0.25,
+            metric=args.metric[0] if args.metric else None, model=args.model, scoring=args.scoring,
+            name=args.name, batch_size=args.batch_size, namespace=self.shell.user_ns,
+        )
+        print(f"best of {len(report.frame)} candidates on {report.info['rows']} dev rows: {report.info['best']} "
+              f"({report.info['ranked_by']} {report.frame.iloc[0][report.info['ranked_by']]:.3f}), "
+              f"registered as prompt {report.best.name!r}")
+        return report
 
     @magic_arguments()
     @argument("what", nargs="?", default="list", choices=["list", "help", "methods", "samples"],
@@ -281,8 +325,13 @@ HELP = """nbkit magics  ($name in a magic line is replaced by the notebook varia
       a live widget in Jupyter, plain lines under papermill; returns a Run
   %tune --prompt A --data DA --prompt B --data DB [--weights 1,2] ...
       multi-task: one adapter on several prompts/data sets, weighted loss, each task's loss logged
-  %evaluate --prompt NAME [--prompt ...] [--run RUN ...] [--data D] [--split test] [-o VAR]
+  %tune ... --export job.yaml
+      write the validated job instead of training: nbkit tune --config job.yaml (also under torchrun)
+  %evaluate --prompt NAME [--prompt ...] [--run RUN ...] [--data D] [--split test] [--metric M] [-o VAR]
       score prompts and runs side by side; returns a Report (.frame is a DataFrame)
+  %evaluate --search --prompt NAME [--prompt ...] --data D [--words a=x,b=y] [--shots 0,4]
+            [--selection random,balanced] [--paraphrases 3] [--name BEST] [-o VAR]
+      rank candidate prompts on a dev split; the best is registered as a prompt
   %nbkit [list|methods|samples|help]
       list prompts, runs and loaded models; the tuning methods; the sample data sets
 

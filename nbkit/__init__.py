@@ -9,7 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 __all__ = [
-    "Prompt", "Run", "Report", "tune", "evaluate", "generate", "export", "load_model", "load_data",
+    "Prompt", "Run", "Report", "tune", "evaluate", "search_prompts", "generate", "export", "load_model", "load_data",
     "load_ipython_extension", "__version__",
 ]
 
@@ -17,7 +17,7 @@ __all__ = [
 _LAZY = {
     "Prompt": "prompts", "tune": "training", "TuneConfig": "training", "evaluate": "evaluation",
     "generate": "evaluation", "Report": "results", "Generations": "results", "Run": "runs",
-    "load_model": "models", "load_data": "data", "export": "exports",
+    "load_model": "models", "load_data": "data", "export": "exports", "search_prompts": "search",
 }
 
 

@@ -16,12 +16,11 @@ from .data import load_data
 from .encoding import encode_choice, encode_contexts
 from .errors import ConfigError, DataError, NbkitError
 from .methods import get_method
+from .metrics import CLASSIFICATION, DEFAULTS, GENERATION, compute_metrics, kind_of, normalize
 from .models import DEFAULT_MODEL, load_model
 from .prompts import Prompt, get_prompt
 from .runs import Run, get_run
 
-CLASSIFICATION_METRICS = ("accuracy", "f1")
-GENERATION_METRICS = ("exact_match",)
 
 
 @dataclass
@@ -85,12 +84,13 @@ def _targets(prompts, runs, model, namespace, data=None) -> list[Target]:
 
 
 def _metrics_for(prompt: Prompt, metric) -> list[str]:
-    allowed = CLASSIFICATION_METRICS if prompt.choices else GENERATION_METRICS
-    chosen = _as_list(metric) or list(allowed)
+    kind = kind_of(prompt.choices)
+    allowed = CLASSIFICATION if kind == "classification" else GENERATION
+    chosen = _as_list(metric) or list(DEFAULTS[kind])
     for m in chosen:
         if m not in allowed:
-            kind = "a classification prompt (with choices)" if prompt.choices else "a free-text prompt"
-            raise ConfigError("metric", f"{m!r} does not fit {kind} {prompt.name!r}; use one of: {', '.join(allowed)}")
+            what = "a classification prompt (with choices)" if prompt.choices else "a free-text prompt"
+            raise ConfigError("metric", f"{m!r} does not fit {what} {prompt.name!r}; use one of: {', '.join(allowed)}")
     return chosen
 
 
@@ -116,7 +116,10 @@ def evaluate(
             evaluated with the prompt of the task trained on this data spec.
         model: base model for prompt targets (runs use the model they were trained on).
         split: which split to score; ``test`` by default.
-        metric: ``accuracy``/``f1`` for prompts with choices, ``exact_match`` for free text.
+        metric: for prompts with choices ``accuracy``, ``f1``, ``precision``, ``recall`` (macro;
+            default accuracy and f1); for free text ``exact_match``, ``token_f1``, ``rouge1``,
+            ``rouge2``, ``rougeL``, ``perplexity`` (default exact_match, token_f1, rougeL).
+            See :mod:`nbkit.metrics`.
         limit: score only the first ``limit`` rows.
         scoring: ``sum`` (log-likelihood of the label) or ``mean`` (length-normalised).
         batch_size: sequences per forward pass.
@@ -158,7 +161,8 @@ def evaluate(
         try:
             loaded = load_model(t.model, quantize=t.quantize)
             with loaded.adapter(t.adapter) as lm:
-                frame = _predict(lm, loaded.tokenizer, p, rows, train_rows, scoring, batch_size)
+                frame = _predict(lm, loaded.tokenizer, p, rows, train_rows, scoring, batch_size,
+                                 perplexity="perplexity" in names)
         except NbkitError:
             raise
         except Exception as e:  # keep the finished targets; report this one
@@ -173,6 +177,7 @@ def evaluate(
     info = {
         "data": data if isinstance(data, str) else f"<{type(data).__name__}>", "split": split, "rows": len(rows),
         "metrics": metric_names, "errors": errors, "seconds": seconds,
+        "labels": {t.label: p.choices for t, p, _ in prepared if p.choices and t.label in results},
         "scoring": f"label log-likelihood ({scoring})" if any(p.choices for _, p, _ in prepared) else "greedy generation",
     }
     report = Report(table, predictions, info)
@@ -180,10 +185,12 @@ def evaluate(
     return report
 
 
-def _predict(lm, tokenizer, prompt: Prompt, rows, train_rows, scoring: str, batch_size: int):
+def _predict(lm, tokenizer, prompt: Prompt, rows, train_rows, scoring: str, batch_size: int,
+             perplexity: bool = False):
+    """One row per example: input, output, expected, correct (and nll, tokens for perplexity)."""
     import pandas as pd
 
-    from .inference import generate, score_choices
+    from .inference import completion_logprobs, generate, score_choices
 
     contexts = encode_contexts(prompt, rows, tokenizer, train_rows)
     expected = [prompt.render_target(row) for row in rows]
@@ -202,39 +209,13 @@ def _predict(lm, tokenizer, prompt: Prompt, rows, train_rows, scoring: str, batc
         longest = max(len(tokenizer(e, add_special_tokens=False)["input_ids"]) for e in expected)
         outputs = generate(lm, tokenizer, contexts, max_new_tokens=longest + 16, batch_size=max(1, batch_size // 2))
     inputs = [prompt.render(row) for row in rows]
-    return pd.DataFrame({"input": inputs, "output": outputs, "expected": expected,
-                         "correct": [normalize(o) == normalize(e) for o, e in zip(outputs, expected)]})
-
-
-def normalize(text: str) -> str:
-    """Lower case, no punctuation, single spaces: exact match forgives formatting only."""
-    import string
-
-    text = str(text).lower().translate(str.maketrans("", "", string.punctuation))
-    return " ".join(text.split())
-
-
-def compute_metrics(frame, names: Sequence[str], labels: Sequence[str] | None = None) -> dict:
-    """Metric values from a predictions frame (``output``, ``expected``, ``correct``)."""
-    out = {}
-    for name in names:
-        if name in ("accuracy", "exact_match"):
-            out[name] = float(frame["correct"].mean()) if len(frame) else float("nan")
-        elif name == "f1":
-            out[name] = macro_f1(list(frame["expected"]), list(frame["output"]), labels)
-    return out
-
-
-def macro_f1(expected: Sequence[str], predicted: Sequence[str], labels: Sequence[str] | None = None) -> float:
-    """Unweighted mean of per-class F1 over ``labels`` (default: the labels that occur)."""
-    labels = list(labels or sorted(set(expected) | set(predicted)))
-    scores = []
-    for label in labels:
-        tp = sum(e == label and p == label for e, p in zip(expected, predicted))
-        fp = sum(e != label and p == label for e, p in zip(expected, predicted))
-        fn = sum(e == label and p != label for e, p in zip(expected, predicted))
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return sum(scores) / len(scores) if scores else float("nan")
+    frame = pd.DataFrame({"input": inputs, "output": outputs, "expected": expected,
+                          "correct": [normalize(o) == normalize(e) for o, e in zip(outputs, expected)]})
+    if perplexity:  # of the expected text, given the prompt
+        targets = [encode_choice(prompt, e, tokenizer) for e in expected]
+        frame["nll"] = [-x for x in completion_logprobs(lm, tokenizer.pad_token_id, contexts, targets, batch_size)]
+        frame["tokens"] = [len(t) for t in targets]
+    return frame
 
 
 def _save(report, runs: Sequence[Run]) -> None:

@@ -98,15 +98,31 @@ def _score_whole(model, pad_id: int, contexts, choices, batch_size: int, normali
     choice instead of one per context.
     """
     import numpy as np
+
+    pairs = [(k, j) for k in range(len(contexts)) for j in range(len(choices))]
+    totals = completion_logprobs(model, pad_id, [contexts[k] for k, _ in pairs], [choices[j] for _, j in pairs],
+                                 batch_size)
+    scores = np.zeros((len(contexts), len(choices)))
+    for (k, j), total in zip(pairs, totals):
+        scores[k, j] = total / len(choices[j]) if normalize else total
+    return scores
+
+
+def completion_logprobs(model, pad_id: int, contexts: Sequence[list[int]], completions: Sequence[list[int]],
+                        batch_size: int = 16) -> list[float]:
+    """Sum of the log-probabilities of each completion's tokens after its context.
+
+    Whole sequences, right-padded as in training, sorted by length; works for learned prompts too
+    (their virtual-token positions are dropped). Perplexity is ``exp(-sum / tokens)``.
+    """
     import torch
 
     device = next(model.parameters()).device
-    pairs = [(k, j) for k in range(len(contexts)) for j in range(len(choices))]
-    pairs.sort(key=lambda p: len(contexts[p[0]]) + len(choices[p[1]]))
-    scores = np.zeros((len(contexts), len(choices)))
+    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]) + len(completions[i]))
+    totals = [0.0] * len(contexts)
     with torch.inference_mode():
-        for batch in _batches(pairs, batch_size):
-            seqs = [contexts[k] + choices[j] for k, j in batch]
+        for batch in _batches(order, batch_size):
+            seqs = [list(contexts[i]) + list(completions[i]) for i in batch]
             width = max(map(len, seqs))
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -115,11 +131,12 @@ def _score_whole(model, pad_id: int, contexts, choices, batch_size: int, normali
                 mask[b, :len(seq)] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             logp = logits[:, -width:].float().log_softmax(-1).cpu()  # virtual-token positions dropped
-            for b, (k, j) in enumerate(batch):
-                start, ch = len(contexts[k]), choices[j]
-                total = sum(logp[b, start - 1 + t, ch[t]].item() for t in range(len(ch)))
-                scores[k, j] = total / len(ch) if normalize else total
-    return scores
+            for b, i in enumerate(batch):
+                start, comp = len(contexts[i]), torch.tensor(completions[i], dtype=torch.long)
+                if len(comp):
+                    picked = logp[b, start - 1:start - 1 + len(comp)].gather(-1, comp[:, None])
+                    totals[i] = float(picked.sum())
+    return totals
 
 
 def generate(model, tokenizer, contexts: Sequence[list[int]], max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:

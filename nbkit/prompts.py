@@ -47,6 +47,8 @@ class Prompt:
         choices: label words for classification; evaluation scores each one.
         system: a system message (chat models) or preamble (plain models).
         shots: how many solved examples from the training split to show first.
+        selection: how they are chosen: ``random``, or ``balanced`` (classes in turn, so a few
+            shots cover the labels instead of repeating the most common one).
         chat: use the tokenizer's chat template; ``None`` decides by the tokenizer.
     """
 
@@ -57,6 +59,7 @@ class Prompt:
     system: str | None = None
     shots: int = 0
     chat: bool | None = None
+    selection: str = "random"
     _compiled: Any = field(default=None, init=False, repr=False, compare=False)
     _compiled_target: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -66,6 +69,8 @@ class Prompt:
             raise ConfigError("template", "is empty; write the prompt text in the cell body")
         if not isinstance(self.shots, int) or self.shots < 0:
             raise ConfigError("shots", f"must be a non-negative integer, got {self.shots!r}")
+        if self.selection not in SELECTIONS:
+            raise ConfigError("selection", f"must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         if self.choices is not None:
             self.choices = [str(c).strip() for c in self.choices]
             if len(self.choices) < 2:
@@ -169,7 +174,20 @@ class Prompt:
         candidates = [r for r in pool if r is not exclude and r != exclude]
         if len(candidates) < self.shots:
             raise ConfigError("shots", f"asks for {self.shots} examples but the training split has {len(candidates)}")
-        return random.Random(seed).sample(candidates, self.shots)
+        rng = random.Random(seed)
+        if self.selection == "random":
+            return rng.sample(candidates, self.shots)
+        by_class: dict[str, list] = {}
+        for r in candidates:  # balanced: one of each class in turn, classes in a seeded order
+            by_class.setdefault(self.render_target(r), []).append(r)
+        queues = [rng.sample(rows, len(rows)) for _, rows in sorted(by_class.items())]
+        rng.shuffle(queues)
+        picked = []
+        while len(picked) < self.shots:
+            for queue in queues:
+                if queue and len(picked) < self.shots:
+                    picked.append(queue.pop())
+        return picked
 
     # -- persistence --------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -183,6 +201,8 @@ class Prompt:
             raise ConfigError(unknown[0], f"is not a prompt field; fields: {', '.join(sorted(known))}")
         return cls(**dict(data))
 
+
+SELECTIONS = ("random", "balanced")
 
 # The session's prompts, by name: %%prompt defines, %tune/%evaluate look up.
 PROMPTS: dict[str, Prompt] = {}

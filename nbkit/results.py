@@ -17,9 +17,12 @@ from typing import Any
 PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
 
 
+UNBOUNDED = ("perplexity",)  # metrics not in [0, 1]: in the table, not in the bar chart
+
+
 def bar_chart(frame, metrics: list[str], width: int = 420) -> str:
     """Horizontal grouped bars, one group per row of ``frame``, values in [0, 1]."""
-    metrics = [m for m in metrics if m in frame.columns]
+    metrics = [m for m in metrics if m in frame.columns and m not in UNBOUNDED]
     if not metrics or frame.empty:
         return ""
     bar, gap, label_w = 14, 10, 170
@@ -46,8 +49,36 @@ def bar_chart(frame, metrics: list[str], width: int = 420) -> str:
     return "".join(parts)
 
 
+def confusion_svg(counts, title: str, cell: int = 34) -> str:
+    """A confusion matrix as an SVG heat map: rows expected, columns predicted, counts in the cells."""
+    labels, columns = list(counts.index), list(counts.columns)
+    left, top = 90, 40
+    width, height = left + cell * len(columns) + 10, top + cell * len(labels) + 10
+    peak = max(int(counts.values.max()), 1)
+    parts = [f"<svg class='nbkit-confusion' width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg' "
+             f"font-family='sans-serif' font-size='10'><text x='0' y='11' font-weight='bold'>{html.escape(title)[:40]}"
+             "</text><text x='0' y='26'>expected ↓ predicted →</text>"]
+    for j, c in enumerate(columns):
+        parts.append(f"<text x='{left + j * cell + cell / 2}' y='{top - 3}' text-anchor='middle'>"
+                     f"{html.escape(str(c))[:6]}</text>")
+    for i, e in enumerate(labels):
+        y = top + i * cell
+        parts.append(f"<text x='{left - 4}' y='{y + cell / 2 + 3}' text-anchor='end'>{html.escape(str(e))[:14]}</text>")
+        for j, c in enumerate(columns):
+            n = int(counts.iloc[i, j])
+            shade = 255 - int(200 * n / peak)
+            fill = f"rgb({shade},{shade},255)" if e != c else f"rgb({shade},255,{shade})"
+            parts.append(f"<rect x='{left + j * cell}' y='{y}' width='{cell - 1}' height='{cell - 1}' fill='{fill}'/>"
+                         f"<text x='{left + j * cell + cell / 2}' y='{y + cell / 2 + 3}' text-anchor='middle'>{n}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 class Report:
     """An evaluation: one row per target (prompt, or prompt + run), one column per metric.
+
+    ``per_class()``, ``confusion()`` and ``disagreements()`` look inside; the HTML view shows the
+    table, a bar chart, a confusion matrix per classification target and where targets disagree.
 
     Attributes:
         frame: pandas DataFrame indexed by target; metric columns (``accuracy``, ``f1``, …),
@@ -67,6 +98,72 @@ class Report:
     def __repr__(self):
         return f"nbkit Report on {self.info.get('data')} [{self.info.get('split')}]\n{self.frame.to_string()}"
 
+    def _target(self, target: str | None) -> str:
+        from .errors import UnknownNameError
+
+        names = list(self.predictions)
+        if target is None:
+            if not names:
+                raise UnknownNameError("target", "(any)", names)
+            return names[0]
+        if target not in self.predictions:
+            raise UnknownNameError("target", target, names)
+        return target
+
+    def per_class(self, target: str | None = None):
+        """Precision, recall, F1 and support per label for ``target`` (default: the first)."""
+        from .metrics import per_class
+
+        target = self._target(target)
+        frame = self.predictions[target]
+        return per_class(list(frame["expected"]), list(frame["output"]), self.info.get("labels", {}).get(target))
+
+    def confusion(self, target: str | None = None):
+        """Counts of (expected, predicted) labels for ``target`` (default: the first)."""
+        from .metrics import confusion
+
+        target = self._target(target)
+        frame = self.predictions[target]
+        return confusion(list(frame["expected"]), list(frame["output"]), self.info.get("labels", {}).get(target))
+
+    def disagreements(self, a: str | None = None, b: str | None = None):
+        """The examples where exactly one of two targets is right (default: the first and the last).
+
+        Returns a DataFrame with ``input``, ``expected``, each target's output and ``right``
+        (which of the two got it), the examples ``a`` got wrong and ``b`` right first.
+        """
+        import pandas as pd
+
+        names = list(self.predictions)
+        a, b = self._target(a), self._target(b if b is not None else names[-1])
+        pa, pb = self.predictions[a], self.predictions[b]
+        frame = pd.DataFrame({"input": pa["input"], "expected": pa["expected"], a: pa["output"], b: pb["output"]})
+        frame["right"] = [b if (not x and y) else a if (x and not y) else None
+                          for x, y in zip(pa["correct"], pb["correct"])]
+        frame = frame[frame["right"].notna()]
+        return frame.sort_values("right", key=lambda col: col != b, kind="stable")
+
+    def _disagreement_html(self) -> str:
+        names = list(self.predictions)
+        if len(names) < 2:
+            return ""
+        parts = []
+        for other in names[1:4]:  # the first against the next few (a search ranks the best first)
+            d = self.disagreements(names[0], other)
+            gains, losses = d[d["right"] == other], d[d["right"] == names[0]]
+            rows = "".join(
+                f"<tr><td>{html.escape(_short(r['input']))}</td><td>{html.escape(str(r['expected']))}</td>"
+                f"<td>{html.escape(str(r[names[0]]))}</td><td>{html.escape(str(r[other]))}</td></tr>"
+                for _, r in pd_head(gains, 3) + pd_head(losses, 3)
+            )
+            parts.append(
+                f"<p><b>{html.escape(other)}</b> right where <b>{html.escape(names[0])}</b> was wrong: {len(gains)}; "
+                f"the reverse: {len(losses)}</p>"
+                + (f"<table class='nbkit-disagreements'><tr><th>input</th><th>expected</th>"
+                   f"<th>{html.escape(names[0])}</th><th>{html.escape(other)}</th></tr>{rows}</table>" if rows else "")
+            )
+        return "<div class='nbkit-disagreements'>" + "".join(parts) + "</div>"
+
     def _repr_html_(self):
         table = self.frame.to_html(float_format=lambda v: f"{v:.3f}", classes="nbkit-report", border=0)
         errors = "".join(
@@ -75,7 +172,9 @@ class Report:
         )
         caption = (f"<b>nbkit evaluation</b> on {html.escape(str(self.info.get('data')))} "
                    f"[{html.escape(str(self.info.get('split')))}], {html.escape(self.info.get('scoring', ''))}")
-        return f"<div class='nbkit-report'>{caption}{table}{bar_chart(self.frame, self.metrics)}{errors}</div>"
+        matrices = "".join(confusion_svg(self.confusion(t), t) for t in self.info.get("labels", {}) if t in self.predictions)
+        return (f"<div class='nbkit-report'>{caption}{table}{bar_chart(self.frame, self.metrics)}"
+                f"<div>{matrices}</div>{self._disagreement_html()}{errors}</div>")
 
     def to_dict(self) -> dict:
         return {
@@ -95,7 +194,20 @@ class Report:
         path = folder / f"{name}.json"
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
         self.frame.to_csv(folder / f"{name}.csv")
+        with open(folder / f"{name}-predictions.jsonl", "w") as f:  # the per-example view, for jobs
+            for target, frame in self.predictions.items():
+                for row in frame.to_dict(orient="records"):
+                    f.write(json.dumps({"target": target, **row}, default=_plain) + "\n")
         return path
+
+
+def pd_head(frame, n: int) -> list:
+    return list(frame.head(n).iterrows())
+
+
+def _short(text: str, width: int = 80) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
 def _plain(value: Any):

@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 import torch
 
@@ -23,3 +24,26 @@ def test_shared_cache_scoring_matches_scoring_each_sequence_whole(smol, intent_p
     assert np.allclose(fast, slow, atol=1e-3), np.abs(fast - slow).max()
     mean = score_choices(smol.model, tok.pad_token_id, contexts, choices, normalize=True)
     assert np.allclose(mean, fast / np.array([len(c) for c in choices]), atol=1e-5)
+
+
+def test_perplexity_of_the_expected_text_matches_the_models_own_loss(smol):
+    import math
+
+    import torch
+
+    import nbkit
+    from nbkit.encoding import encode_choice, encode_contexts
+    from nbkit.prompts import Prompt
+
+    prompt = Prompt("Which team should handle this message?\nMessage: {{ text }}\nTeam:", name="free",
+                    target="{{ label }}")
+    report = nbkit.evaluate(prompt, data="sample:intent", limit=1, metric=["perplexity", "token_f1"])
+    row = list(nbkit.load_data("sample:intent", split="test"))[0]
+    context = encode_contexts(prompt, [row], smol.tokenizer)[0]
+    target = encode_choice(prompt, row["label"], smol.tokenizer)
+    ids = torch.tensor([context + target])
+    labels = torch.tensor([[-100] * len(context) + target])
+    with torch.no_grad():
+        loss = smol.model(input_ids=ids, labels=labels).loss  # mean NLL of the target tokens
+    assert report.frame.loc["free", "perplexity"] == pytest.approx(math.exp(float(loss)), rel=1e-4)
+    assert report.info["metrics"] == ["perplexity", "token_f1"]

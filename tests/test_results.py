@@ -3,19 +3,60 @@ import json
 import pandas as pd
 import pytest
 
-from nbkit.evaluation import compute_metrics, macro_f1, normalize
+from nbkit.metrics import compute_metrics, confusion, normalize, per_class, token_f1
 from nbkit.results import Report
 
+EXPECTED = ["a", "a", "b", "b", "c"]
+PREDICTED = ["a", "b", "b", "b", "a"]
 
-def test_macro_f1_against_hand_computed_values():
-    expected = ["a", "a", "b", "b", "c"]
-    predicted = ["a", "b", "b", "b", "a"]
-    # a: tp1 fp1 fn1 -> 0.5; b: tp2 fp1 fn0 -> 0.8; c: tp0 -> 0
-    assert macro_f1(expected, predicted, ["a", "b", "c"]) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
-    frame = pd.DataFrame({"expected": expected, "output": predicted,
-                          "correct": [e == p for e, p in zip(expected, predicted)]})
-    assert compute_metrics(frame, ["accuracy", "f1"], ["a", "b", "c"]) == pytest.approx(
-        {"accuracy": 0.6, "f1": 1.3 / 3})
+
+def _frame(expected, predicted, **extra):
+    return pd.DataFrame({"expected": expected, "output": predicted,
+                         "correct": [normalize(e) == normalize(p) for e, p in zip(expected, predicted)], **extra})
+
+
+def test_classification_metrics_against_hand_computed_values():
+    # a: tp1 fp1 fn1 -> P 1/2 R 1/2 F1 1/2; b: tp2 fp1 fn0 -> P 2/3 R 1 F1 0.8; c: tp0 fn1 -> 0 0 0
+    table = per_class(EXPECTED, PREDICTED, ["a", "b", "c"])
+    assert table.loc["a"].tolist() == pytest.approx([0.5, 0.5, 0.5, 2])
+    assert table.loc["b"].tolist() == pytest.approx([2 / 3, 1.0, 0.8, 2])
+    assert table.loc["c"].tolist() == pytest.approx([0.0, 0.0, 0.0, 1])
+    assert compute_metrics(_frame(EXPECTED, PREDICTED), ["accuracy", "f1", "precision", "recall"],
+                           ["a", "b", "c"]) == pytest.approx(
+        {"accuracy": 0.6, "f1": 1.3 / 3, "precision": (0.5 + 2 / 3) / 3, "recall": 0.5})
+
+
+def test_confusion_counts_expected_by_predicted():
+    counts = confusion(EXPECTED, PREDICTED + [], ["a", "b", "c"])
+    assert counts.loc["a"].tolist() == [1, 1, 0] and counts.loc["b"].tolist() == [0, 2, 0]
+    assert counts.loc["c"].tolist() == [1, 0, 0] and int(counts.values.sum()) == 5
+    free = confusion(["a"], ["maybe"], ["a", "b"])  # an output outside the labels gets its own column
+    assert list(free.columns) == ["a", "b", "maybe"] and free.loc["a", "maybe"] == 1
+
+
+def test_question_answering_metrics_use_squad_normalisation():
+    assert token_f1("The Eiffel Tower", "eiffel tower!") == 1.0  # articles, case, punctuation ignored
+    # 2 shared tokens; precision 2/3, recall 2/2 -> F1 0.8
+    assert token_f1("in Paris France", "Paris France") == pytest.approx(0.8)
+    assert token_f1("Lyon", "Paris") == 0.0 and token_f1("", "") == 1.0
+    frame = _frame(["Paris", "Paris France"], ["paris.", "in Paris France"])
+    assert compute_metrics(frame, ["exact_match", "token_f1"]) == pytest.approx({"exact_match": 0.5, "token_f1": 0.9})
+
+
+def test_rouge_against_hand_computed_values():
+    frame = _frame(["the cat sat down"], ["the cat sat"])
+    scores = compute_metrics(frame, ["rouge1", "rouge2", "rougeL"])
+    # unigrams: P 3/3 R 3/4 -> 6/7; bigrams: P 2/2 R 2/3 -> 0.8; LCS 3: as rouge1
+    assert scores == pytest.approx({"rouge1": 6 / 7, "rouge2": 0.8, "rougeL": 6 / 7})
+    stemmed = compute_metrics(_frame(["cats running"], ["cat runs"]), ["rouge1"])
+    assert stemmed["rouge1"] == pytest.approx(1.0)  # Porter stemming: cats/cat, running/runs -> run
+
+
+def test_perplexity_is_exp_of_the_mean_token_nll():
+    import math
+
+    frame = _frame(["x", "y"], ["x", "y"], nll=[2 * math.log(2), 4 * math.log(2)], tokens=[2, 4])
+    assert compute_metrics(frame, ["perplexity"])["perplexity"] == pytest.approx(2.0)
 
 
 def test_exact_match_forgives_formatting_only():
@@ -33,3 +74,21 @@ def test_report_saves_json_and_csv_without_collisions(tmp_path):
     assert (tmp_path / f"{first.stem}.csv").read_text().startswith("target,accuracy,n")
     html = report._repr_html_()
     assert "nbkit-chart" in html and "0.900" in html and "sample:intent" in repr(report)
+
+
+def test_report_looks_inside_targets(tmp_path):
+    labels = ["a", "b", "c"]
+    prompt = _frame(EXPECTED, PREDICTED, input=[f"x{i}" for i in range(5)])
+    tuned = _frame(EXPECTED, ["a", "a", "b", "c", "c"], input=[f"x{i}" for i in range(5)])
+    frame = pd.DataFrame({"accuracy": [0.6, 0.8], "n": [5, 5]}, index=["p", "p + run"])
+    report = Report(frame, {"p": prompt, "p + run": tuned},
+                    {"data": "d", "split": "test", "metrics": ["accuracy"], "labels": {"p": labels, "p + run": labels}})
+    assert report.per_class("p + run").loc["c", "recall"] == 1.0
+    assert report.confusion().loc["c", "a"] == 1  # the first target by default
+    d = report.disagreements()  # x1 and x4: only the run right; x3: only the prompt right
+    assert d["input"].tolist() == ["x1", "x4", "x3"] and d["right"].tolist() == ["p + run", "p + run", "p"]
+    html = report._repr_html_()
+    assert html.count("nbkit-confusion") == 2 and "right where <b>p</b> was wrong: 2; the reverse: 1" in html
+    saved = report.save(tmp_path, "r")
+    lines = (tmp_path / "r-predictions.jsonl").read_text().splitlines()
+    assert saved.exists() and len(lines) == 10 and json.loads(lines[-1])["target"] == "p + run"

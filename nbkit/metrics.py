@@ -1,0 +1,129 @@
+"""Metrics: what ``%evaluate --metric`` computes from a predictions frame.
+
+Every metric takes the frame of one target (``output``, ``expected``, ``correct``,
+and ``nll``/``tokens`` for perplexity) and returns one number. Classification:
+``accuracy``, ``f1`` (macro), ``precision``/``recall`` (macro; per class in
+:func:`per_class`). Generation: ``rouge1``, ``rouge2``, ``rougeL`` (F-measure, Google's
+``rouge-score``, with stemming). Question answering: ``exact_match`` and ``token_f1``
+(SQuAD's normalisation: lower case, no punctuation or articles). Language
+modelling: ``perplexity`` of the expected text given the prompt.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import re
+import string
+from typing import Callable, Sequence
+
+CLASSIFICATION = ("accuracy", "f1", "precision", "recall")
+GENERATION = ("exact_match", "token_f1", "rouge1", "rouge2", "rougeL", "perplexity")
+DEFAULTS = {"classification": ("accuracy", "f1"), "generation": ("exact_match", "token_f1", "rougeL")}
+
+
+def kind_of(choices) -> str:
+    return "classification" if choices else "generation"
+
+
+def normalize(text: str) -> str:
+    """Lower case, no punctuation, single spaces: exact match forgives formatting only."""
+    text = str(text).lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(text.split())
+
+
+def squad_tokens(text: str) -> list[str]:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles, split on spaces."""
+    text = str(text).lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return text.split()
+
+
+def token_f1(output: str, expected: str) -> float:
+    """Harmonic mean of token precision and recall (SQuAD v1.1's F1); 1.0 when both are empty."""
+    out, exp = squad_tokens(output), squad_tokens(expected)
+    if not out or not exp:
+        return float(out == exp)
+    common = sum((collections.Counter(out) & collections.Counter(exp)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(out), common / len(exp)
+    return 2 * precision * recall / (precision + recall)
+
+
+def per_class(expected: Sequence[str], predicted: Sequence[str], labels: Sequence[str] | None = None):
+    """Precision, recall, F1 and support of each label, as a DataFrame indexed by label."""
+    import pandas as pd
+
+    labels = list(labels or sorted(set(expected) | set(predicted)))
+    rows = {}
+    for label in labels:
+        tp = sum(e == label and p == label for e, p in zip(expected, predicted))
+        fp = sum(e != label and p == label for e, p in zip(expected, predicted))
+        fn = sum(e == label and p != label for e, p in zip(expected, predicted))
+        rows[label] = {
+            "precision": tp / (tp + fp) if tp + fp else 0.0,
+            "recall": tp / (tp + fn) if tp + fn else 0.0,
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+            "support": tp + fn,
+        }
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "label"
+    return frame
+
+
+def confusion(expected: Sequence[str], predicted: Sequence[str], labels: Sequence[str] | None = None):
+    """Counts of (expected row, predicted column) pairs, as a DataFrame."""
+    import pandas as pd
+
+    labels = list(labels or sorted(set(expected) | set(predicted)))
+    extra = sorted(set(predicted) - set(labels))  # free-text outputs outside the labels still count
+    columns = labels + extra
+    counts = pd.DataFrame(0, index=pd.Index(labels, name="expected"), columns=pd.Index(columns, name="predicted"))
+    for e, p in zip(expected, predicted):
+        if e in counts.index:
+            counts.loc[e, p] += 1
+    return counts
+
+
+def rouge(outputs: Sequence[str], expected: Sequence[str], kind: str) -> float:
+    """Mean ROUGE F-measure (``rouge1``, ``rouge2`` or ``rougeL``) with Porter stemming."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer([kind], use_stemmer=True)
+    scores = [scorer.score(str(e), str(o))[kind].fmeasure for o, e in zip(outputs, expected)]
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
+def _macro(name: str) -> Callable:
+    def compute(frame, labels=None) -> float:
+        table = per_class(list(frame["expected"]), list(frame["output"]), labels)
+        return float(table[name].mean()) if len(table) else float("nan")
+
+    return compute
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+COMPUTE: dict[str, Callable] = {
+    "accuracy": lambda frame, labels=None: _mean(frame["correct"]),
+    "exact_match": lambda frame, labels=None: _mean(frame["correct"]),
+    "f1": _macro("f1"),
+    "precision": _macro("precision"),
+    "recall": _macro("recall"),
+    "token_f1": lambda frame, labels=None: _mean(token_f1(o, e) for o, e in zip(frame["output"], frame["expected"])),
+    "rouge1": lambda frame, labels=None: rouge(frame["output"], frame["expected"], "rouge1"),
+    "rouge2": lambda frame, labels=None: rouge(frame["output"], frame["expected"], "rouge2"),
+    "rougeL": lambda frame, labels=None: rouge(frame["output"], frame["expected"], "rougeL"),
+    # exp of the mean negative log-likelihood per expected token, over all tokens of the split
+    "perplexity": lambda frame, labels=None: math.exp(frame["nll"].sum() / max(frame["tokens"].sum(), 1)),
+}
+
+
+def compute_metrics(frame, names: Sequence[str], labels: Sequence[str] | None = None) -> dict:
+    """Metric values from a predictions frame (``output``, ``expected``, ``correct``, …)."""
+    return {name: COMPUTE[name](frame, labels) for name in names}

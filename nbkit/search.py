@@ -1,0 +1,235 @@
+"""Automatic prompt search: candidate prompts scored on a dev split, ranked, the best registered.
+
+Candidates are the product of templates (the given prompts, plus paraphrases of their
+instruction that the model itself writes, APE-style), label words (a verbalizer per
+candidate set: ``{"positive": "great", "negative": "awful"}``), numbers of shots and how
+the shots are chosen (``random``, ``balanced``). Each is scored on held-out dev rows,
+never on the test split, with the base model loaded once; the winner is registered
+under a name so ``%evaluate --prompt NAME`` measures it on the test split.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+import time
+from typing import Any, Mapping, Sequence
+
+from .errors import ConfigError
+from .prompts import SELECTIONS, Prompt, get_prompt, register_prompt
+
+
+def search_prompts(
+    prompt: Prompt | str | Sequence[Prompt | str],
+    data: Any,
+    *,
+    words: Sequence[Mapping[str, str]] | None = None,
+    shots: Sequence[int] = (0,),
+    selection: Sequence[str] = ("random",),
+    paraphrases: int = 0,
+    dev: float | int | str = 0.25,
+    metric: str | None = None,
+    model: str | None = None,
+    scoring: str = "sum",
+    name: str | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    namespace: Mapping[str, Any] | None = None,
+):
+    """Search prompts on a dev split; returns a ranked :class:`nbkit.results.Report`.
+
+    Args:
+        prompt: the hand-written prompt(s) to start from; each is a candidate template.
+        data: data spec; the dev rows come from it, the shots from the rest of ``train``.
+        words: label-word sets to try, each mapping every label to the word the model should
+            say (the prompts' own choices are always tried too).
+        shots: numbers of few-shot examples to try.
+        selection: how shots are chosen: ``random`` and/or ``balanced`` (one per class in turn).
+        paraphrases: ask the model for this many rewordings of each prompt's instruction (the
+            text before its first variable) and try them too.
+        dev: a split name, or a fraction / count of ``train`` held out for scoring.
+        metric: what ranks the candidates: ``accuracy`` with choices, ``token_f1`` without
+            (any metric ``%evaluate`` takes).
+        model: base model spec.
+        scoring: label log-likelihood ``sum`` or ``mean`` (length-normalised).
+        name: the name the best prompt is registered under (default ``<first prompt>-best``).
+        seed: seed of the dev split, the shots and the paraphrase sampling.
+
+    Returns:
+        A Report whose ``frame`` has one row per candidate, best first; ``report.best`` is the
+        winning :class:`Prompt` and ``report.candidates`` every candidate prompt by row label.
+    """
+    import pandas as pd
+
+    from .data import load_data
+    from .evaluation import _metrics_for, _predict
+    from .metrics import compute_metrics
+    from .models import DEFAULT_MODEL, load_model
+    from .results import Report
+
+    bases = [get_prompt(p) for p in (prompt if isinstance(prompt, (list, tuple)) else [prompt])]
+    if not bases:
+        raise ConfigError("prompt", "needs at least one prompt to start from")
+    shots, selection = list(shots), list(selection)
+    for k in shots:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ConfigError("shots", f"must be non-negative integers, got {shots!r}")
+    for s in selection:
+        if s not in SELECTIONS:
+            raise ConfigError("selection", f"must be among {', '.join(SELECTIONS)}, got {s!r}")
+    if isinstance(paraphrases, bool) or not isinstance(paraphrases, int) or paraphrases < 0:
+        raise ConfigError("paraphrases", f"must be a non-negative integer, got {paraphrases!r}")
+
+    splits = load_data(data, namespace)
+    dev_rows, pool = _dev_split(splits, dev, seed)
+    columns = splits["train"].column_names
+    bases = [b.resolve_target(columns) for b in bases]
+    for b in bases:
+        b.check(columns)
+    verbalizers = [None] + [_check_words(w, bases[0], dev_rows + pool) for w in (words or [])]
+    rank_by = metric or ("accuracy" if bases[0].choices else "token_f1")
+
+    loaded = load_model(model or DEFAULT_MODEL)
+    started = time.monotonic()
+    templates = [(b, "as written") for b in bases]
+    for b in bases:
+        for k, text in enumerate(paraphrase(b, loaded, paraphrases, seed=seed)):
+            templates.append((_with_instruction(b, text), f"paraphrase {k + 1}"))
+
+    candidates: dict[str, Prompt] = {}
+    described: dict[str, dict] = {}
+    for (template, origin), verbalizer, k, how in itertools.product(templates, verbalizers, shots, selection):
+        if k == 0 and how != selection[0]:
+            continue  # without shots the selection changes nothing
+        p = _variant(template, verbalizer, k, how)
+        label = f"c{len(candidates) + 1:02d}"
+        candidates[label] = p
+        described[label] = {"prompt": template.name, "template": origin, "words": _words_text(p, verbalizer),
+                            "shots": k, "selection": how if k else "-"}
+
+    results, predictions = {}, {}
+    for label, p in candidates.items():
+        names = _metrics_for(p, [rank_by] + (["accuracy"] if p.choices and rank_by != "accuracy" else []))
+        with loaded.adapter(None) as lm:  # the base model, whatever adapter the session swapped on
+            frame = _predict(lm, loaded.tokenizer, p, dev_rows, pool, scoring, batch_size,
+                             perplexity="perplexity" in names)
+        results[label] = {**described[label], **compute_metrics(frame, names, p.choices), "n": len(frame)}
+        predictions[label] = frame
+    table = pd.DataFrame.from_dict(results, orient="index")
+    table.index.name = "candidate"
+    ascending = rank_by == "perplexity"
+    table = table.sort_values(rank_by, ascending=ascending, kind="stable")
+    best_label = table.index[0]
+    best = Prompt.from_dict({**candidates[best_label].to_dict(), "name": name or f"{bases[0].name}-best"})
+    register_prompt(best)
+    info = {
+        "data": data if isinstance(data, str) else f"<{type(data).__name__}>", "split": "dev",
+        "rows": len(dev_rows), "metrics": [rank_by], "ranked_by": rank_by, "errors": {},
+        "seconds": {"search": round(time.monotonic() - started, 2)}, "best": best_label, "registered": best.name,
+        "scoring": f"label log-likelihood ({scoring})" if bases[0].choices else "greedy generation",
+        "templates": {label: candidates[label].template for label in candidates},
+    }
+    report = Report(table, {k: predictions[k] for k in table.index}, info)
+    report.best, report.candidates = best, candidates
+    return report
+
+
+def _dev_split(splits, dev, seed: int) -> tuple[list, list]:
+    rows = list(splits["train"])
+    if isinstance(dev, str):
+        if dev not in splits or dev == "test":
+            raise ConfigError("dev", f"{dev!r} is not a split to search on; splits: "
+                              f"{', '.join(s for s in splits if s != 'test')}, or a fraction of train like 0.25")
+        return list(splits[dev]), rows
+    if isinstance(dev, bool) or not isinstance(dev, (int, float)) or dev <= 0:
+        raise ConfigError("dev", f"must be a split name, a fraction in (0, 1) or a row count, got {dev!r}")
+    n = int(dev) if dev >= 1 else max(1, round(dev * len(rows)))
+    if n >= len(rows):
+        raise ConfigError("dev", f"holds out {n} of {len(rows)} training rows; none would be left for shots")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n])
+    return [rows[i] for i in sorted(held)], [r for i, r in enumerate(rows) if i not in held]
+
+
+def _check_words(words: Mapping[str, str], base: Prompt, rows) -> dict:
+    if not isinstance(words, Mapping) or not words:
+        raise ConfigError("words", f"each set maps labels to words, like {{'positive': 'great'}}; got {words!r}")
+    labels = {base.render_target(r) for r in rows}
+    missing = sorted(labels - set(words))
+    if missing:
+        raise ConfigError("words", f"{dict(words)!r} has no word for label(s) {', '.join(missing)}")
+    spoken = [str(w).strip() for w in words.values()]
+    if len(set(spoken)) != len(spoken) or not all(spoken):
+        raise ConfigError("words", f"{dict(words)!r} must give each label its own non-empty word")
+    return {str(k): str(v).strip() for k, v in words.items()}
+
+
+def _variant(template: Prompt, verbalizer: dict | None, shots: int, selection: str) -> Prompt:
+    fields = template.to_dict()
+    fields.update(shots=shots, selection=selection)
+    if verbalizer is not None:
+        # the target speaks the word; the mapping lives in the template, so the prompt stays self-contained
+        fields["target"] = "{{ " + json.dumps(verbalizer) + "[" + _target_expression(template) + "] }}"
+        fields["choices"] = list(verbalizer.values())
+    return Prompt.from_dict(fields)
+
+
+def _target_expression(p: Prompt) -> str:
+    """The Jinja expression of a ``{{ expr }}`` target (``label`` for the default)."""
+    found = re.fullmatch(r"\s*\{\{\s*(.+?)\s*\}\}\s*", p.target or "{{ label }}")
+    if not found:
+        raise ConfigError("words", f"needs a target that is one expression like '{{{{ label }}}}'; prompt "
+                          f"{p.name!r} has {p.target!r}")
+    return found.group(1)
+
+
+def _words_text(p: Prompt, verbalizer: dict | None) -> str:
+    if verbalizer is None:
+        return ", ".join(p.choices) if p.choices else "-"
+    return ", ".join(f"{k}→{v}" for k, v in verbalizer.items())
+
+
+def instruction_of(p: Prompt) -> str:
+    """The fixed instruction: the template's text before the line holding its first variable."""
+    head = p.template.split("{{", 1)[0] if "{{" in p.template else p.template
+    lines = head.split("\n")
+    return "\n".join(lines[:-1]).strip() if "{{" in p.template else head.strip()
+
+
+def _with_instruction(p: Prompt, instruction: str) -> Prompt:
+    old = instruction_of(p)
+    return Prompt.from_dict({**p.to_dict(), "template": p.template.replace(old, instruction, 1)})
+
+
+def paraphrase(p: Prompt, loaded, n: int, seed: int = 0) -> list[str]:
+    """Up to ``n`` distinct rewordings of ``p``'s instruction, sampled from the model (APE-style)."""
+    if n <= 0:
+        return []
+    instruction = instruction_of(p)
+    if not instruction:
+        return []
+    import torch
+
+    tok = loaded.tokenizer
+    request = ("Rewrite the following instruction in different words. Keep its meaning and any answer options. "
+               f"Reply with the rewritten instruction only.\n\nInstruction: {instruction}")
+    if getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template([{"role": "user", "content": request}], tokenize=False, add_generation_prompt=True)
+    else:
+        text = request + "\nRewritten instruction:"
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(loaded.device)
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        out = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                    temperature=0.9, top_p=0.95, max_new_tokens=60, num_return_sequences=3 * n,
+                                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    found: list[str] = []
+    for row in out[:, ids.shape[1]:]:
+        line = tok.decode(row, skip_special_tokens=True).strip().split("\n")[0].strip().strip('"')
+        line = re.sub(r"^(rewritten instruction|instruction)\s*:\s*", "", line, flags=re.I)
+        if len(line) > 10 and "{{" not in line and line != instruction and line not in found:
+            found.append(line)
+    return found[:n]
