@@ -152,6 +152,10 @@ def read_job(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Job:
         if not _fits(value, fields[key]):
             raise ConfigError(key, f"must be {_describe(fields[key])}, got {value!r} {where(key)}")
 
+    for key in ("prompt", "data"):
+        values = settings[key] if isinstance(settings[key], list) else [settings[key]]
+        if not values or not all(isinstance(v, str) and v for v in values):
+            raise ConfigError(key, f"must be a name or a list of names, got {settings[key]!r} {where(key)}")
     declared = document.get("prompts") or {}
     if not isinstance(declared, dict):
         raise ConfigError("prompts", f"must map prompt names to their definitions {where('prompts')}")

@@ -75,6 +75,7 @@ prompts:
     (GOOD.replace("prompt: p", "prompt: q"), "prompt", "line 1"),
     (GOOD + "    colour: red\n", "colour", "line 4"),
     (GOOD.replace("epochs: 1", "gradient_checkpointing: yes please"), "gradient_checkpointing", "line 3"),
+    (GOOD.replace("data: sample:intent", "data: [{text: a}]"), "data", "line 2"),
 ])
 def test_bad_job_files_name_the_key_and_the_line(tmp_path, text, field, where):
     with pytest.raises(ConfigError) as e:
