@@ -222,8 +222,8 @@ def paraphrase(p: Prompt, loaded, n: int, seed: int = 0) -> list[str]:
         text = request + "\nRewritten instruction:"
     ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(loaded.device)
     torch.manual_seed(seed)
-    with torch.inference_mode():
-        out = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+    with torch.inference_mode(), loaded.adapter(None) as lm:  # the base model, not an adapter left on by %evaluate
+        out = lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
                                     temperature=0.9, top_p=0.95, max_new_tokens=60, num_return_sequences=3 * n,
                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     found: list[str] = []

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 import nbkit
+import nbkit.training  # noqa: F401  (before any test patches models.load_model: it binds it at import)
 from nbkit import models
 from nbkit.data import fingerprint
 from nbkit.errors import ConfigError

@@ -3,6 +3,7 @@
 import pytest
 
 import nbkit
+import nbkit.evaluation  # noqa: F401  (before any test patches models.load_model: it binds it at import)
 from nbkit import models
 from nbkit.errors import ConfigError
 from nbkit.prompts import PROMPTS, Prompt
@@ -70,3 +71,17 @@ def test_search_ranks_candidates_on_dev_rows_and_registers_the_best(ip):
     assert PROMPTS["intent-searched"] is report.best and report.best.name == "intent-searched"
     test = nbkit.evaluate(["intent", "intent-searched"], data="sample:intent", limit=32)  # rows never searched on
     assert set(test.frame.index) == {"intent", "intent-searched"}
+
+
+def test_paraphrases_come_from_the_base_model_even_after_an_adapter_was_used(smol, sentiment, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from nbkit.search import paraphrase
+
+    clean = paraphrase(sentiment, smol, 2, seed=0)
+    base = nbkit.load_model("smollm2-135m", fresh=True).model
+    adapter = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapter.save_pretrained(tmp_path / "adapter")  # random, non-zero: it changes what the model says
+    with smol.adapter(tmp_path / "adapter"):
+        pass  # %evaluate leaves the last adapter attached to the session's model
+    assert paraphrase(sentiment, smol, 2, seed=0) == clean and clean
