@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import DataError, UnknownNameError
+from .errors import ConfigError, DataError, UnknownNameError
 
 FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 # A data set without a test split is split like this, always the same way.
@@ -174,6 +174,22 @@ def _with_test_split(data):
         raise DataError(f"the data has {len(data['train'])} row(s); at least 2 are needed to split off a test set")
     parts = data["train"].train_test_split(test_size=TEST_FRACTION, seed=SPLIT_SEED)
     return datasets.DatasetDict({**data, "train": parts["train"], "test": parts["test"]})
+
+
+def hold_out(rows: list, size: float | int, seed: int, leaves: str) -> tuple[list, list]:
+    """``(kept, held)``: ``size`` rows (a count, or a fraction of ``rows``) held out, chosen by ``seed``.
+
+    ``leaves`` ends the error when nothing would be kept ("nothing would be left to train on").
+    """
+    import random
+
+    n = int(size) if size >= 1 else max(1, round(size * len(rows)))
+    if n >= len(rows):
+        raise ConfigError("dev", f"holds out {n} of {len(rows)} training rows; {leaves}")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n])
+    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
 
 def fingerprint(dataset) -> str:

@@ -49,8 +49,6 @@ def write_job(path: str | os.PathLike, config: Mapping, prompts: Sequence, datas
     """
     import yaml
 
-    from .data import load_data, save_splits
-
     path = Path(path)
     if path.suffix.lower() not in (".yaml", ".yml"):
         raise ConfigError("export", f"writes a YAML job file; give a name ending in .yaml, got {str(path)!r}")
@@ -58,7 +56,7 @@ def write_job(path: str | os.PathLike, config: Mapping, prompts: Sequence, datas
     from .training import _task_names
 
     names = _task_names([p.name for p in prompts])
-    specs = [_portable_spec(data, path, name, namespace, load_data, save_splits) for name, data in zip(names, datas)]
+    specs = [_portable_spec(data, path, name, namespace) for name, data in zip(names, datas)]
     body = dict(config)
     body["data"] = specs if len(specs) > 1 else specs[0]
     document = {"nbkit_job": VERSION, **body,
@@ -74,8 +72,10 @@ def write_job(path: str | os.PathLike, config: Mapping, prompts: Sequence, datas
     return path
 
 
-def _portable_spec(data, job: Path, name: str, namespace, load_data, save_splits) -> str:
+def _portable_spec(data, job: Path, name: str, namespace) -> str:
     """A data spec that means the same thing read from ``job``'s folder; variables become files."""
+    from .data import load_data, save_splits
+
     if isinstance(data, str) and data.startswith(("sample:", "hf:")):
         return data
     if isinstance(data, str) and Path(data).expanduser().exists():

@@ -144,6 +144,10 @@ class Report:
         return frame.sort_values("right", key=lambda col: col != b, kind="stable")
 
     def _disagreement_html(self) -> str:
+        import pandas as pd
+
+        from .events import _short
+
         names = list(self.predictions)
         if len(names) < 2:
             return ""
@@ -152,9 +156,9 @@ class Report:
             d = self.disagreements(names[0], other)
             gains, losses = d[d["right"] == other], d[d["right"] == names[0]]
             rows = "".join(
-                f"<tr><td>{html.escape(_short(r['input']))}</td><td>{html.escape(str(r['expected']))}</td>"
+                f"<tr><td>{html.escape(_short(r['input'], 80))}</td><td>{html.escape(str(r['expected']))}</td>"
                 f"<td>{html.escape(str(r[names[0]]))}</td><td>{html.escape(str(r[other]))}</td></tr>"
-                for _, r in pd_head(gains, 3) + pd_head(losses, 3)
+                for _, r in pd.concat([gains.head(3), losses.head(3)]).iterrows()
             )
             parts.append(
                 f"<p><b>{html.escape(other)}</b> right where <b>{html.escape(names[0])}</b> was wrong: {len(gains)}; "
@@ -199,15 +203,6 @@ class Report:
                 for row in frame.to_dict(orient="records"):
                     f.write(json.dumps({"target": target, **row}, default=_plain) + "\n")
         return path
-
-
-def pd_head(frame, n: int) -> list:
-    return list(frame.head(n).iterrows())
-
-
-def _short(text: str, width: int = 80) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
 def _plain(value: Any):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 import re
 import time
 from typing import Any, Mapping, Sequence
@@ -145,13 +144,10 @@ def _dev_split(splits, dev, seed: int) -> tuple[list, list]:
         return list(splits[dev]), rows
     if isinstance(dev, bool) or not isinstance(dev, (int, float)) or dev <= 0:
         raise ConfigError("dev", f"must be a split name, a fraction in (0, 1) or a row count, got {dev!r}")
-    n = int(dev) if dev >= 1 else max(1, round(dev * len(rows)))
-    if n >= len(rows):
-        raise ConfigError("dev", f"holds out {n} of {len(rows)} training rows; none would be left for shots")
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    held = set(order[:n])
-    return [rows[i] for i in sorted(held)], [r for i, r in enumerate(rows) if i not in held]
+    from .data import hold_out
+
+    kept, held = hold_out(rows, dev, seed, "none would be left for shots")
+    return held, kept
 
 
 def _check_words(words: Mapping[str, str], base: Prompt, rows) -> dict:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from . import distributed, events
-from .data import fingerprint, load_data
+from .data import fingerprint, hold_out, load_data
 from .encoding import training_example
 from .errors import ConfigError, TrainingFailed, TrainingInterrupted
 from .methods import BuildContext, get_method
@@ -247,7 +247,7 @@ def tune(
 
     world = distributed.world()
     _check_world(world, cfg, sum(len(t.train) for t in tasks))
-    device = _process_device()
+    device = _process_device(world)
     distributed.start(device)
     cfg.name = cfg.name or _free_name(f"{'+'.join(names)}-{cfg.method}")
     Run.check_create(cfg.name, overwrite=overwrite, resume=resume)  # every process: they fail alike
@@ -332,12 +332,12 @@ class _Task:
     dev: list
 
 
-def _process_device() -> str:
+def _process_device(world: "distributed.World") -> str:
     """This process's device: under a multi-GPU launch, the GPU of its local rank."""
     from .models import pick_device
 
     device = pick_device()
-    if device == "cuda" and distributed.world().distributed:
+    if device == "cuda" and world.distributed:
         return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     return device
 
@@ -387,8 +387,6 @@ def _load_task(name: str, prompt: Prompt, data, spec: str, weight: float, cfg: T
 
 def _split_dev(splits, cfg: TuneConfig) -> tuple[list[dict], list[dict]]:
     """The rows to train on and the rows to evaluate on during training."""
-    import random
-
     rows = list(splits["train"])
     if cfg.dev is None:
         return rows, []
@@ -397,13 +395,7 @@ def _split_dev(splits, cfg: TuneConfig) -> tuple[list[dict], list[dict]]:
             raise ConfigError("dev", f"{cfg.dev!r} is not a split of the data; splits: {', '.join(splits)}, "
                               "or give a fraction of train like 0.1")
         return rows, list(splits[cfg.dev])
-    n = int(cfg.dev) if cfg.dev >= 1 else max(1, round(cfg.dev * len(rows)))
-    if n >= len(rows):
-        raise ConfigError("dev", f"holds out {n} of {len(rows)} training rows; nothing would be left to train on")
-    order = list(range(len(rows)))
-    random.Random(cfg.seed).shuffle(order)
-    held = set(order[:n])
-    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+    return hold_out(rows, cfg.dev, cfg.seed, "nothing would be left to train on")
 
 
 def _model_config(spec: str):
@@ -842,11 +834,10 @@ def _check_finite(bridge: "_Bridge", run: Run) -> None:
 def _finish(run: Run, emit, bridge: "_Bridge", status: str, error: str | None = None) -> None:
     elapsed = time.monotonic() - bridge.started if bridge.started else 0.0
     losses = [x for x in bridge.losses if math.isfinite(x)]
-    tail = losses[-max(1, len(losses) // 10):] if losses else []
     metrics = {
         "steps": bridge.step,
         "train_seconds": round(elapsed, 2),
-        "train_loss": sum(tail) / len(tail) if tail else None,
+        "train_loss": _final(losses),
         "first_loss": losses[0] if losses else None,
         "tokens_per_second": bridge.tokens_per_second,
         "trainable_parameters": bridge.trainable,
@@ -858,9 +849,7 @@ def _finish(run: Run, emit, bridge: "_Bridge", status: str, error: str | None = 
     for task, values in bridge.task_losses.items():  # multi-task: each task's loss, first and at the end
         values = [x for x in values if math.isfinite(x)]
         if values:
-            last = values[-max(1, len(values) // 10):]
-            metrics[f"first_loss_{task}"] = values[0]
-            metrics[f"train_loss_{task}"] = sum(last) / len(last)
+            metrics[f"first_loss_{task}"], metrics[f"train_loss_{task}"] = values[0], _final(values)
     if bridge.evaluations:
         metric = bridge.metric_key
         best = bridge.best_evaluation()
@@ -869,6 +858,14 @@ def _finish(run: Run, emit, bridge: "_Bridge", status: str, error: str | None = 
     if bridge.world.main:
         run.set_status(status, metrics=metrics, error=error, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     emit.on_end(events.End(status=status, elapsed=elapsed, steps=bridge.step, metrics=metrics, error=error, run=run))
+
+
+def _final(losses: list[float]) -> float | None:
+    """The loss a run ended at: the mean of its last tenth of logged values (one step is noisy)."""
+    if not losses:
+        return None
+    tail = losses[-max(1, len(losses) // 10):]
+    return sum(tail) / len(tail)
 
 
 def _peak_memory_mb() -> float:
