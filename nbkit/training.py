@@ -629,6 +629,8 @@ class _NbkitTrainer(_trainer_base()):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.task_losses is None or "task" not in inputs:
+            if not return_outputs:
+                inputs = _head_on_targets(self.model, inputs)
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         inputs = dict(inputs)
@@ -647,6 +649,37 @@ class _NbkitTrainer(_trainer_base()):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def _head_on_targets(model, inputs: dict) -> dict:
+    """Ask the model for logits only at the positions that predict a target token.
+
+    The loss covers the completion only, yet a causal LM computes the output head (vocab x width,
+    a fifth of SmolLM2's matmul FLOPs) and a vocab-wide softmax at every position, prompt included.
+    ``logits_to_keep`` (the positions any row of the batch needs) and ``shift_labels`` (their next
+    tokens) make the model's own loss the same number from far fewer logits: measured 17% less time
+    per step on sample:intent and 10% less peak memory (bench/README.md). Learned prompts (virtual
+    tokens before the input) shift positions, so they keep the plain path.
+    """
+    labels = inputs.get("labels")
+    config = getattr(model, "active_peft_config", None)
+    if labels is None or getattr(config, "is_prompt_learning", False) or not _keeps_logits(model):
+        return inputs
+    keep = (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)
+    if len(keep) == 0 or len(keep) == labels.shape[1] - 1:
+        return inputs
+    return {**inputs, "logits_to_keep": keep, "shift_labels": labels[:, keep + 1]}
+
+
+def _keeps_logits(model) -> bool:
+    """Whether the (base) model takes ``logits_to_keep`` and computes transformers' causal-LM loss."""
+    import inspect
+
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return ("logits_to_keep" in inspect.signature(base.forward).parameters
+            and getattr(base, "loss_function", None) is ForCausalLMLoss)
 
 
 class DevEvaluator:

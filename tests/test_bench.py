@@ -23,3 +23,37 @@ def test_step_flops_by_hand():
     assert flops.lora_step_flops(SMOLLM2, [s], r=8) == by_hand == 57_330_892_800
     assert flops.lora_step_flops(SMOLLM2, [s, s], r=8) == 2 * by_hand
     assert flops.lora_step_flops(SMOLLM2, [], r=8) == 0
+
+
+def test_head_on_targets_gives_the_same_loss_and_gradients():
+    """The speed-up the training benchmark led to (logits only where a target is predicted) changes no number."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nbkit.training import _head_on_targets
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=101)
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
+    ids = torch.randint(0, 101, (3, 12))
+    labels = torch.full_like(ids, -100)
+    labels[0, 5:8], labels[1, 9:12], labels[2, 2:4] = ids[0, 5:8], ids[1, 9:12], ids[2, 2:4]  # completions
+    mask = torch.ones_like(ids)
+    mask[2, 4:] = 0  # a padded row
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    fast = _head_on_targets(model, batch)
+    assert fast["logits_to_keep"].tolist() == [1, 2, 4, 5, 6, 8, 9, 10]  # positions whose next token is a target
+
+    def loss_and_grads(inputs, **kw):
+        model.zero_grad()
+        loss = model(**inputs, **kw).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    for kw in ({}, {"num_items_in_batch": torch.tensor(8)}):  # mean, and the Trainer's token-count normalisation
+        (full, full_grads), (kept, kept_grads) = loss_and_grads(batch, **kw), loss_and_grads(fast, **kw)
+        torch.testing.assert_close(kept, full)
+        for a, b in zip(kept_grads, full_grads):
+            torch.testing.assert_close(a, b)
