@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.nbkit-setup
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast notebooks bench bench-quick clean
+.PHONY: setup demo test test-fast notebooks bench-setup bench bench-quick clean
 
 setup: $(STAMP)
 
@@ -38,12 +38,18 @@ notebooks: setup
 		NBKIT_PROGRESS=plain NBKIT_RUNS_DIR=$(CURDIR)/build/notebook-runs \
 		../$(PY) -m papermill --no-progress-bar $$nb $$nb || exit 1; done
 
-# Benchmarks (bench/README.md): the real numbers take ~30 min on 2 CPU cores and rewrite the tables.
-bench: setup
-	$(PY) bench/methods.py --write
+# Benchmarks (bench/README.md): the real numbers take ~90 min on 2 CPU cores and rewrite the tables;
+# bench-quick runs every script in a few steps (~10 min) to check they still run. Run them on an idle machine.
+BENCH := train_throughput eval_throughput memory latency methods
 
-bench-quick: setup
-	$(PY) bench/methods.py --quick
+bench-setup: setup
+	$(PY) -m pip install -q -r bench/requirements.txt -c constraints.txt
+
+bench: bench-setup
+	for b in $(BENCH); do $(PY) bench/$$b.py --write || exit 1; done
+
+bench-quick: bench-setup
+	for b in $(BENCH); do $(PY) bench/$$b.py --quick || exit 1; done
 
 clean:
 	rm -rf build jobs runs .pytest_cache

@@ -50,6 +50,7 @@ def child(script: str, args: list[str], env: dict | None = None, timeout: float 
     ``wall_seconds`` (the whole process: imports, model load, work) is added by the parent.
     A failing child raises ``RuntimeError`` with the end of its stderr.
     """
+    before = _cpu_seconds()
     started = time.monotonic()
     done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **ENV, **(env or {})}, cwd=ROOT)
@@ -58,7 +59,39 @@ def child(script: str, args: list[str], env: dict | None = None, timeout: float 
         raise RuntimeError(f"{' '.join(args)} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     result = json.loads(found[-1][len("RESULT "):])
     result["wall_seconds"] = time.monotonic() - started
+    result["others_cpu"] = _others_share(before, _cpu_seconds(), result["wall_seconds"])
     return result
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process's finished children)."""
+    import resource
+
+    import psutil
+
+    t = psutil.cpu_times()
+    busy = sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return busy, children.ru_utime + children.ru_stime
+
+
+def _others_share(before, after, wall: float) -> float:
+    """The share of the machine's cores that other processes used while a child ran (0 = it had them all).
+
+    Another CPU-heavy process on the same cores slows a measurement several-fold; the scripts
+    record this for every run, prefer the quiet ones and say when none was quiet.
+    """
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return max(0.0, others / max(wall * (os.cpu_count() or 1), 1e-9))
+
+
+QUIET = 0.15  # runs where other processes took more than this share of the cores count as disturbed
+
+
+def quiet(runs: list[dict]) -> tuple[list[dict], bool]:
+    """The undisturbed runs when there are any (and True), else all of them (and False)."""
+    calm = [r for r in runs if r.get("others_cpu", 0.0) <= QUIET]
+    return (calm, True) if calm else (runs, False)
 
 
 def emit(result: dict) -> None:
