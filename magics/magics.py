@@ -95,7 +95,9 @@ class NbkitMagics(Magics):
     @argument("--data", help="data spec: sample:NAME, a file, hf:ID or a variable name")
     @argument("--split", default="test", help="split the --run rows come from (default test)")
     @argument("--limit", type=int, default=5, help="rows to generate on with --run (default 5)")
-    @argument("--model", help="model spec (default: the embedded smollm2-135m)")
+    @argument("--model", help="model spec (default: the embedded smollm2-135m), or openai:NAME for an API model")
+    @argument("--base-url", help="with --model openai:NAME: the OpenAI-compatible server (default $OPENAI_BASE_URL)")
+    @argument("--no-cache", action="store_true", help="with an API model: send requests even if answered before")
     @argument("--adapter", help="a run (name, directory or variable) whose adapter to apply")
     @argument("--max-new-tokens", type=int, default=64, help="longest output with --run")
     @argument("-o", "--output", metavar="VAR", help="bind the result (the Prompt, or the generations) to VAR")
@@ -126,7 +128,8 @@ class NbkitMagics(Magics):
         from nbkit.evaluation import generate
 
         result = generate(prompt, args.data, model=args.model, adapter=args.adapter, split=args.split,
-                          limit=args.limit, max_new_tokens=args.max_new_tokens, namespace=self.shell.user_ns)
+                          limit=args.limit, max_new_tokens=args.max_new_tokens, base_url=args.base_url,
+                          cache=not args.no_cache, namespace=self.shell.user_ns)
         return self._bind(args.output, result)
 
     @magic_arguments()
@@ -213,7 +216,10 @@ class NbkitMagics(Magics):
               help="with choices: accuracy, f1, precision, recall; free text: exact_match, token_f1, rouge1, "
                    "rouge2, rougeL, perplexity (repeatable; defaults: accuracy,f1 / exact_match,token_f1,rougeL)")
     @argument("--limit", type=int, help="evaluate only the first N rows")
-    @argument("--model", help="base model for the prompts (default smollm2-135m)")
+    @argument("--model", help="base model for the prompts (default smollm2-135m), or openai:NAME for an API model")
+    @argument("--base-url", help="with --model openai:NAME: the OpenAI-compatible server (default $OPENAI_BASE_URL)")
+    @argument("--no-cache", action="store_true", help="with an API model: send requests even if answered before")
+    @argument("--concurrency", type=int, default=8, help="with an API model: requests in flight at once (default 8)")
     @argument("--scoring", default="sum", choices=["sum", "mean"],
               help="label log-likelihood: sum, or mean per token (length-normalised)")
     @argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
@@ -241,7 +247,8 @@ class NbkitMagics(Magics):
             raise UsageError(f"{(unused or ['--paraphrases'])[0]} belongs to --search")
         report = evaluate(
             args.prompt, args.run, args.data, model=args.model, split=args.split, metric=args.metric,
-            limit=args.limit, scoring=args.scoring, batch_size=args.batch_size, namespace=self.shell.user_ns,
+            limit=args.limit, scoring=args.scoring, batch_size=args.batch_size, base_url=args.base_url,
+            cache=not args.no_cache, concurrency=args.concurrency, namespace=self.shell.user_ns,
         )
         return self._bind(args.output, report)
 
@@ -272,13 +279,26 @@ class NbkitMagics(Magics):
         return report
 
     @magic_arguments()
-    @argument("what", nargs="?", default="list", choices=["list", "help", "methods", "samples"],
-              help="list (prompts, runs, models), help, methods or samples")
+    @argument("what", nargs="?", default="list", choices=["list", "help", "methods", "samples", "login"],
+              help="list (prompts, runs, models), help, methods, samples, or login openai (asks for the API key)")
+    @argument("provider", nargs="?", help="with login: openai")
     @no_var_expand
     @line_magic
     def nbkit(self, line):
-        """List the session's prompts, runs and loaded models, or print help."""
+        """List the session's prompts, runs and loaded models, print help, or log in to an API."""
         args = self._parse(self.nbkit, line)
+        if args.what == "login":
+            import getpass
+
+            from nbkit.api import login
+
+            if args.provider != "openai":
+                raise UsageError("usage: %nbkit login openai")
+            login(getpass.getpass("OpenAI API key (kept in this kernel's memory only): "), args.provider)
+            print("nbkit: API key set for this session (not saved anywhere)")
+            return
+        if args.provider:
+            raise UsageError(f"%nbkit {args.what} takes no further argument")
         if args.what == "help":
             print(HELP)
             return
@@ -334,7 +354,10 @@ HELP = """nbkit magics  ($name in a magic line is replaced by the notebook varia
       rank candidate prompts on a dev split; the best is registered as a prompt
   %nbkit [list|methods|samples|help]
       list prompts, runs and loaded models; the tuning methods; the sample data sets
+  %nbkit login openai
+      ask for an API key (not echoed, kept in memory only) for --model openai:NAME
 
 Data: sample:NAME, a .csv/.jsonl/.json/.parquet file, hf:ID[:CONFIG], or a variable name.
-Models: smollm2-135m (embedded), a local directory, or a hub id.
+Models: smollm2-135m (embedded), a local directory, a hub id, or openai:NAME [--base-url URL]
+        (any OpenAI-compatible server; `nbkit serve --run RUN` serves tuned runs that way)
 Each magic's own help: %tune?  %evaluate?  %%prompt?"""

@@ -1,5 +1,5 @@
-"""The ``nbkit`` command: ``nbkit run NOTEBOOK -p key value …``, ``nbkit tune --config job.yaml``
-and ``nbkit export RUN --merge``."""
+"""The ``nbkit`` command: ``nbkit run NOTEBOOK -p key value …``, ``nbkit tune --config job.yaml``,
+``nbkit export RUN --merge`` and ``nbkit serve [--run RUN …]``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,17 @@ def _export(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    import os
+
+    from .serve import Limits, serve
+
+    key = args.api_key or os.environ.get("NBKIT_SERVE_API_KEY") or None
+    limits = Limits(max_tokens=args.max_tokens, max_request_bytes=args.max_request_kb * 1024, max_batch=args.max_batch)
+    serve(args.model, args.run, host=args.host, port=args.port, api_key=key, limits=limits)
+    return 0
+
+
 def _table(results: dict, metrics: list[str]) -> str:
     names = list(results)
     width = max([len("target")] + [len(n) for n in names])
@@ -80,9 +91,19 @@ def main(argv=None) -> int:
     exp.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
                      help="fold the adapter into the base weights (default); --no-merge copies the adapter")
     exp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    srv = sub.add_parser("serve", help="serve the base model and tuned runs over the OpenAI API")
+    srv.add_argument("--model", default="smollm2-135m", help="base model spec (default smollm2-135m)")
+    srv.add_argument("--run", action="append", default=[], help="a run to serve under its name (repeatable)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    srv.add_argument("--api-key", help="require this bearer token (or set NBKIT_SERVE_API_KEY, which keeps it "
+                                       "out of the process list)")
+    srv.add_argument("--max-tokens", type=int, default=512, help="the most tokens a request may generate (512)")
+    srv.add_argument("--max-request-kb", type=int, default=1024, help="largest request body in KiB (1024)")
+    srv.add_argument("--max-batch", type=int, default=8, help="greedy prompts answered in one batch (8)")
     args = parser.parse_args(argv)
     try:
-        return {"run": _run, "tune": _tune, "export": _export}[args.command](args)
+        return {"run": _run, "tune": _tune, "export": _export, "serve": _serve}[args.command](args)
     except NbkitError as e:
         print(f"nbkit: error: {e}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from .encoding import encode_choice, encode_contexts
 from .errors import ConfigError, DataError, NbkitError
 from .methods import get_method
 from .metrics import CLASSIFICATION, DEFAULTS, GENERATION, compute_metrics, kind_of, normalize
+from .api import is_api_model
 from .models import DEFAULT_MODEL, load_model
 from .prompts import Prompt, get_prompt
 from .runs import Run, get_run
@@ -105,6 +106,9 @@ def evaluate(
     limit: int | None = None,
     scoring: str = "sum",
     batch_size: int = 16,
+    base_url: str | None = None,
+    cache: bool = True,
+    concurrency: int = 8,
     namespace: Mapping[str, Any] | None = None,
 ):
     """Evaluate prompts and tuned runs on one split; one row per target.
@@ -123,6 +127,12 @@ def evaluate(
         limit: score only the first ``limit`` rows.
         scoring: ``sum`` (log-likelihood of the label) or ``mean`` (length-normalised).
         batch_size: sequences per forward pass.
+        base_url: for ``model="openai:NAME"``: the OpenAI-compatible server (default
+            ``$OPENAI_BASE_URL``, else OpenAI). Labels are then chosen by the first token's
+            log-probabilities where the server returns them, else from the generated text; the
+            report says which, and ``info["api"]`` has requests, tokens, cache hits and latencies.
+        cache: answer API requests from the on-disk cache when the same request was sent before.
+        concurrency: API requests in flight at once.
         namespace: where a data variable name is looked up.
 
     Returns:
@@ -137,6 +147,10 @@ def evaluate(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
         raise ConfigError("limit", f"must be a positive integer, got {limit!r}")
     targets = _targets(prompt, run, model, namespace, data)
+    api_options = {"base_url": base_url, "cache": cache, "concurrency": concurrency}
+    if is_api_model(model) and "perplexity" in _as_list(metric):
+        raise ConfigError("metric", "perplexity needs the model's token probabilities of the expected text; "
+                          "API models are scored on their answers")
     if data is None:
         data = next((run_task(t.run)["data"] for t in targets if t.run is not None), None)
         if data is None or str(data).startswith("<"):
@@ -155,9 +169,20 @@ def evaluate(
         metric_names += [m for m in names if m not in metric_names]
         prepared.append((t, p, names))
 
-    results, predictions, errors, seconds = {}, {}, {}, {}
+    results, predictions, errors, seconds, api_stats, scoring_how = {}, {}, {}, {}, {}, {}
     for t, p, names in prepared:
         started = time.monotonic()
+        if is_api_model(t.model):
+            frame, scoring_how[t.label], stats, failed = _predict_api(t, p, rows, train_rows, api_options)
+            api_stats[t.label] = stats
+            if failed:
+                errors[t.label] = failed
+            if not len(frame):
+                continue
+            results[t.label] = {**compute_metrics(frame, names, p.choices), "n": len(frame)}
+            seconds[t.label] = round(time.monotonic() - started, 2)
+            predictions[t.label] = frame
+            continue
         try:
             loaded = load_model(t.model, quantize=t.quantize)
             with loaded.adapter(t.adapter) as lm:
@@ -180,9 +205,29 @@ def evaluate(
         "labels": {t.label: p.choices for t, p, _ in prepared if p.choices and t.label in results},
         "scoring": f"label log-likelihood ({scoring})" if any(p.choices for _, p, _ in prepared) else "greedy generation",
     }
+    if api_stats:  # what the API targets cost, and how their labels were chosen
+        info["api"] = {label: {**stats, "scoring": scoring_how[label]} for label, stats in api_stats.items()}
+        if all(is_api_model(t.model) for t, _, _ in prepared):
+            info["scoring"] = "; ".join(sorted(set(scoring_how.values())))
     report = Report(table, predictions, info)
     _save(report, [t.run for t in targets if t.run is not None])
     return report
+
+
+def _predict_api(target: Target, prompt: Prompt, rows, train_rows, options: Mapping):
+    """(frame, how labels were chosen, request statistics, error text) of an API target.
+
+    The rows answered before a failure are kept (and cached on disk, so a re-run sends only the
+    rest); a target none of whose rows was answered raises the error.
+    """
+    from .api import ApiModel, predict
+
+    api = ApiModel(target.model, **options)
+    frame, how, errors = predict(api, prompt, rows, train_rows)
+    if errors and not len(frame):
+        raise errors[0]
+    failed = f"{len(errors)} of {len(rows)} rows failed: {errors[0]}" if errors else None
+    return frame, how, api.stats.summary(), failed
 
 
 def _predict(lm, tokenizer, prompt: Prompt, rows, train_rows, scoring: str, batch_size: int,
@@ -235,6 +280,8 @@ def generate(
     split: str = "test",
     limit: int = 5,
     max_new_tokens: int = 64,
+    base_url: str | None = None,
+    cache: bool = True,
     namespace: Mapping[str, Any] | None = None,
 ):
     """Render ``prompt`` on ``limit`` rows and generate; with no data, send the text as it is.
@@ -247,6 +294,8 @@ def generate(
         split: which split the rows come from.
         limit: how many rows.
         max_new_tokens: the longest output.
+        base_url: for ``model="openai:NAME"``: the OpenAI-compatible server.
+        cache: answer API requests from the on-disk cache when they were sent before.
         namespace: where a data variable name is looked up.
 
     Returns:
@@ -260,6 +309,9 @@ def generate(
     prompt = get_prompt(prompt)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
         raise ConfigError("limit", f"must be a positive integer, got {limit!r}")
+    if adapter is not None and is_api_model(model):
+        raise ConfigError("adapter", f"cannot be applied to the API model {model!r}; serve the run with "
+                          "`nbkit serve --run RUN` and use --model openai:RUN")
     run = get_run(adapter, namespace) if adapter is not None else None
     quantize, adapter_dir = None, None
     if run is not None:
@@ -276,14 +328,20 @@ def generate(
             raise ConfigError("split", f"{split!r} is not in the data; splits: {', '.join(splits)}")
         prompt.check(splits[split].column_names)
         rows, train_rows = list(splits[split])[:limit], list(splits["train"])
-    loaded = load_model(model or DEFAULT_MODEL, quantize=quantize)
-    tok = loaded.tokenizer
-    contexts = encode_contexts(prompt, rows, tok, train_rows)
-    with loaded.adapter(adapter_dir) as lm:
-        outputs = generate_ids(lm, tok, contexts, max_new_tokens=max_new_tokens)
+    if is_api_model(model):
+        from .api import ApiModel, chat
+
+        api = ApiModel(model, base_url, cache=cache)
+        outputs, model_name = chat(api, prompt, rows, train_rows, max_new_tokens), api.spec
+    else:
+        loaded = load_model(model or DEFAULT_MODEL, quantize=quantize)
+        contexts = encode_contexts(prompt, rows, loaded.tokenizer, train_rows)
+        with loaded.adapter(adapter_dir) as lm:
+            outputs = generate_ids(lm, loaded.tokenizer, contexts, max_new_tokens=max_new_tokens)
+        model_name = loaded.name
     frame = pd.DataFrame({"input": [prompt.render(r) for r in rows], "output": outputs})
     if data is not None and prompt.target is not None or (data is not None and "label" in rows[0]):
         p = prompt.resolve_target(rows[0].keys())
         frame["expected"] = [p.render_target(r) for r in rows]
     label = f"{prompt.name} + {run.name}" if run else prompt.name
-    return Generations(frame, label, loaded.name)
+    return Generations(frame, label, model_name)

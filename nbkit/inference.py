@@ -6,6 +6,7 @@ neither loops over examples one forward at a time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 
@@ -152,12 +153,41 @@ def generate(model, tokenizer, contexts: Sequence[list[int]], max_new_tokens: in
     Returns:
         The decoded completions, in the order of ``contexts``.
     """
+    return [tokenizer.decode(g.ids, skip_special_tokens=True).strip()
+            for g in generate_tokens(model, tokenizer, contexts, max_new_tokens, batch_size)]
+
+
+@dataclass
+class Generated:
+    """One completion: its token ids (up to, not including, the end token), why it stopped, and
+    with ``logprobs`` the log-probability of each token and the ``top`` alternatives at each step."""
+
+    ids: list[int]
+    finish: str  # "stop" (end token or stop string) or "length"
+    logprobs: list[float] | None = None
+    top: list[list[tuple[int, float]]] | None = None
+
+
+def generate_tokens(model, tokenizer, contexts: Sequence[list[int]], max_new_tokens: int = 64, batch_size: int = 8,
+                    *, logprobs: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                    stop: Sequence[str] = (), streamer=None) -> list[Generated]:
+    """Completions of each context, batched with left padding: greedy, or sampled with ``temperature``.
+
+    Args:
+        logprobs: also return each token's log-probability (under the model, before sampling
+            settings) and this many most likely alternatives per step (0: the token's own only).
+        stop: strings that end a completion (the server's ``stop``); the text is cut before them
+            by the caller, generation stops once one appears.
+        streamer: a transformers streamer (one context only).
+    """
     import torch
 
     device = next(model.parameters()).device
     order = sorted(range(len(contexts)), key=lambda k: len(contexts[k]))
-    outputs: list[str] = [""] * len(contexts)
-    pad = tokenizer.pad_token_id
+    results: list[Generated | None] = [None] * len(contexts)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    extra = {"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}
     with torch.inference_mode():
         for batch in _batches(order, batch_size):
             width = max(len(contexts[k]) for k in batch)
@@ -167,10 +197,33 @@ def generate(model, tokenizer, contexts: Sequence[list[int]], max_new_tokens: in
                 n = len(contexts[k])
                 ids[b, width - n:] = torch.tensor(contexts[k])
                 mask[b, width - n:] = 1
-            new = model.generate(
+            out = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-            )[:, width:]
+                pad_token_id=pad, eos_token_id=eos, return_dict_in_generate=True,
+                output_logits=logprobs is not None, streamer=streamer, **sampling, **extra,
+            )
+            new = out.sequences[:, width:].cpu()
+            steps = torch.stack(out.logits, 1).float().log_softmax(-1).cpu() if logprobs is not None else None
             for b, k in enumerate(batch):
-                outputs[k] = tokenizer.decode(new[b], skip_special_tokens=True).strip()
-    return outputs
+                row, finish = new[b].tolist(), "length"
+                if eos in row:
+                    row, finish = row[:row.index(eos)], "stop"
+                elif stop and row and row[-1] == pad:  # a stop string ended it; the rest is padding
+                    row, finish = row[:len(row) - _trailing(row, pad)], "stop"
+                gen = Generated(row, finish)
+                if steps is not None:
+                    gen.logprobs = [float(steps[b, t, tok]) for t, tok in enumerate(row)]
+                    if logprobs:
+                        values, indices = steps[b, :len(row)].topk(logprobs, -1)
+                        gen.top = [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
+                    else:
+                        gen.top = [[] for _ in row]
+                results[k] = gen
+    return results
+
+
+def _trailing(row: list[int], pad: int) -> int:
+    n = 0
+    while n < len(row) and row[len(row) - 1 - n] == pad:
+        n += 1
+    return n

@@ -150,16 +150,20 @@ class Prompt:
             shots: solved examples shown before the row.
         """
         if tokenizer is not None and self.uses_chat(tokenizer):
-            messages = [{"role": "system", "content": self.system}] if self.system else []
-            for shot in shots:
-                messages.append({"role": "user", "content": self.render(shot)})
-                messages.append({"role": "assistant", "content": self.render_target(shot)})
-            messages.append({"role": "user", "content": self.render(row)})
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return tokenizer.apply_chat_template(self.messages(row, shots), tokenize=False, add_generation_prompt=True)
         parts = [self.system] if self.system else []
         parts += [f"{self.render(s)} {self.render_target(s)}" for s in shots]
         parts.append(self.render(row))
         return "\n\n".join(parts)
+
+    def messages(self, row: Mapping[str, Any], shots: Sequence[Mapping] = ()) -> list[dict]:
+        """The chat messages for ``row``: system, each shot as a user/assistant turn, then the instruction."""
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for shot in shots:
+            messages.append({"role": "user", "content": self.render(shot)})
+            messages.append({"role": "assistant", "content": self.render_target(shot)})
+        messages.append({"role": "user", "content": self.render(row)})
+        return messages
 
     def completion(self, text: str, tokenizer=None) -> str:
         """The completion as it follows the formatted input (a space for plain models)."""

@@ -96,7 +96,19 @@ class Report:
         return list(self.info.get("metrics", []))
 
     def __repr__(self):
-        return f"nbkit Report on {self.info.get('data')} [{self.info.get('split')}]\n{self.frame.to_string()}"
+        text = f"nbkit Report on {self.info.get('data')} [{self.info.get('split')}]\n{self.frame.to_string()}"
+        if self.info.get("api"):
+            text += f"\nAPI requests:\n{self.api().to_string()}"
+        return text
+
+    def api(self):
+        """What each API target cost: requests sent, cache hits, tokens in and out, latency percentiles
+        (ms) and how its labels were chosen; empty for local targets."""
+        import pandas as pd
+
+        frame = pd.DataFrame.from_dict(self.info.get("api", {}), orient="index")
+        frame.index.name = "target"
+        return frame
 
     def _target(self, target: str | None) -> str:
         from .errors import UnknownNameError
@@ -177,8 +189,11 @@ class Report:
         caption = (f"<b>nbkit evaluation</b> on {html.escape(str(self.info.get('data')))} "
                    f"[{html.escape(str(self.info.get('split')))}], {html.escape(self.info.get('scoring', ''))}")
         matrices = "".join(confusion_svg(self.confusion(t), t) for t in self.info.get("labels", {}) if t in self.predictions)
+        api = ""
+        if self.info.get("api"):
+            api = "<p><b>API requests</b> (latencies in ms)</p>" + self.api().to_html(classes="nbkit-api", border=0)
         return (f"<div class='nbkit-report'>{caption}{table}{bar_chart(self.frame, self.metrics)}"
-                f"<div>{matrices}</div>{self._disagreement_html()}{errors}</div>")
+                f"<div>{matrices}</div>{self._disagreement_html()}{api}{errors}</div>")
 
     def to_dict(self) -> dict:
         return {

@@ -81,6 +81,9 @@ def search_prompts(
     if isinstance(paraphrases, bool) or not isinstance(paraphrases, int) or paraphrases < 0:
         raise ConfigError("paraphrases", f"must be a non-negative integer, got {paraphrases!r}")
 
+    if isinstance(model, str) and model.startswith("openai:"):
+        raise ConfigError("model", "prompt search scores candidates with a local model's label log-likelihoods; "
+                          "search locally, then %evaluate the winner on the API model")
     splits = load_data(data, namespace)
     dev_rows, pool = _dev_split(splits, dev, seed)
     columns = splits["train"].column_names

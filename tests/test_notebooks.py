@@ -75,11 +75,14 @@ def test_failing_job_reports_cell_and_error(tmp_path):
     assert e.value.job.output.exists()
 
 
-def test_quickstart_passes_nbval(tmp_path):
+@pytest.mark.parametrize("notebook", sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")))
+def test_notebook_passes_nbval(notebook, tmp_path):
     """Strict output comparison; notebooks/sanitize.cfg masks only what legitimately varies."""
+    env = {k: v for k, v in _env(tmp_path).items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    env["NBKIT_API_CACHE"] = str(tmp_path / "api-cache")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", str(QUICKSTART),
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", notebook,
          "--nbval-sanitize-with", str(ROOT / "notebooks" / "sanitize.cfg"), "--nbval-cell-timeout", "900"],
-        capture_output=True, text=True, env=_env(tmp_path), cwd=ROOT / "notebooks", timeout=1200,
+        capture_output=True, text=True, env=env, cwd=ROOT / "notebooks", timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
