@@ -95,7 +95,7 @@ def render(table: list[dict], rounds: int, quick: bool) -> str:
                      f"{t['nbkit']:.1f} s ({t['rows'] / t['nbkit']:.1f} rows/s) | {t['ratio']:.1f}x | {verdict} | "
                      f"{t['agree']} |")
     what = "quick check, not a result: " if quick else ""
-    cmd = ".venv/bin/python bench/eval_throughput.py" + (" --quick" if quick else " --write")
+    cmd = " ".join([".venv/bin/python bench/eval_throughput.py", *sys.argv[1:]])
     return "\n".join(lines) + (
         f"\n\n{what}sample:intent test rows; label scoring over 4 label words (nbkit: batches of 16, one pass per "
         f"context with the label tokens on its cache); generation greedy, {NEW_TOKENS} new tokens at most (nbkit: "

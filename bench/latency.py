@@ -121,7 +121,7 @@ def render(cold: dict | None, warm: dict, rounds: int, quick: bool) -> str:
         return f", {cold['others_cpu']:.0%} during the cold one" if cold else ""
 
     what = "quick check, not a result: " if quick else ""
-    cmd = ".venv/bin/python bench/latency.py" + (" --quick" if quick else " --write")
+    cmd = " ".join([".venv/bin/python bench/latency.py", *sys.argv[1:]])
     return "\n".join(lines) + (
         f"\n\n{what}A fresh ipykernel per column, driven through jupyter_client; a cell's time runs from the "
         f"execute request to the kernel going idle (an empty cell: {warm['empty_cell'] * 1000:.0f} ms). Cell: "

@@ -29,6 +29,7 @@ FLOPs (bench/flops.py) per second over the measured matmul peak (fp32 GEMM, and 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import tempfile
@@ -232,11 +233,11 @@ def render(table: list[dict], peaks: dict, n: int, rounds: int, quick: bool) -> 
                      f"{t['train_seconds']:.1f} s | {t['wall_seconds']:.0f} s | {t['peak_memory_mb'] / 1024:.2f} GiB | "
                      f"{t['final_loss']:.3f} | {100 * t['mfu']:.1f}% of {t['mfu_dtype']} |")
     what = "quick check, not a result: " if quick else ""
-    cmd = ".venv/bin/python bench/train_throughput.py" + (" --quick" if quick else " --write")
+    cmd = " ".join([".venv/bin/python bench/train_throughput.py", *sys.argv[1:]])
     return "\n".join(lines) + (
         f"\n\n{what}{n} examples, 1 epoch, batch {BATCH}, LoRA r={LORA['r']} alpha={LORA['alpha']:g} all-linear, "
-        f"lr {LR:g}, max length {MAX_LENGTH}; median of {rounds} round(s), systems alternating, one process each. "
-        f"Matmul peak (2048³ GEMM) measured in the same run: fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, "
+        f"lr {LR:g}, max length {MAX_LENGTH}; median of the undisturbed rounds (up to {rounds}) of each row, systems alternating, one process each. "
+        f"Matmul peak (2048³ GEMM, best of the measurements before each round): fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, "
         f"bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s. Final loss: mean of the last quarter of steps, on what each "
         f"trains on (the tutorial's covers the prompt too). MFU: model FLOPs per second (bench/flops.py) over the peak "
         f"of the dtype the system's matmuls run in. \"disturbed\": every round of that row had another process "
@@ -251,6 +252,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="repetitions; the table shows medians")
     parser.add_argument("--quick", action="store_true", help="1 round of 16 examples: does it run?")
     parser.add_argument("--write", action="store_true", help="update bench/README.md and README.md")
+    parser.add_argument("--more", action="store_true",
+                        help="add these runs to those of the last run (bench/results/train_throughput.json, same "
+                             "--examples): rerun rows another process disturbed")
     parser.add_argument("--one", nargs=2, metavar=("SYSTEM", "DATASET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -259,12 +263,20 @@ def main() -> int:
         common.emit(one(*args.one, args.examples))
         return 0
 
-    peaks = {d: flops.matmul_peak(d) for d in ("float32", "bfloat16")}
-    print(f"matmul peak: fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s",
-          file=sys.stderr, flush=True)
+    peaks = {"float32": 0.0, "bfloat16": 0.0}
     results = []
+    if args.more:
+        last = json.loads((common.ROOT / "bench" / "results" / "train_throughput.json").read_text())
+        results = [r for r in last["runs"] if r["examples"] == args.examples]
+        peaks = {d: max(peaks[d], last["peaks"][d]) for d in peaks}
     systems, datasets = args.systems.split(","), args.datasets.split(",")
     for round_ in range(args.rounds):
+        # the peak is measured before every round and the best kept: another process on the cores
+        # during one measurement would lower it and flatter every MFU
+        for d in peaks:
+            peaks[d] = max(peaks[d], flops.matmul_peak(d))
+        print(f"matmul peak: fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s",
+              file=sys.stderr, flush=True)
         for dataset in datasets:
             order = systems[round_ % len(systems):] + systems[:round_ % len(systems)]  # who goes first rotates
             for system in order:
@@ -274,7 +286,7 @@ def main() -> int:
                       f"train {r['train_seconds']:6.1f}s  peak {r['peak_memory_mb']:5.0f} MiB  "
                       f"loss {r['final_loss']:.3f}", file=sys.stderr, flush=True)
     table = summarise(results, peaks, args.examples)
-    text = render(table, peaks, args.examples, args.rounds, args.quick)
+    text = render(table, peaks, args.examples, max(t["rounds"] for t in table), args.quick)
     print(text)
     if not args.quick:
         common.save("train_throughput", {"peaks": peaks, "runs": results, "table": table})
