@@ -38,7 +38,7 @@ notebooks: setup
 		NBKIT_PROGRESS=plain NBKIT_RUNS_DIR=$(CURDIR)/build/notebook-runs \
 		../$(PY) -m papermill --no-progress-bar $$nb $$nb || exit 1; done
 
-# Benchmarks (bench/README.md): the real numbers take ~90 min on 2 CPU cores and rewrite the tables;
+# Benchmarks (bench/README.md): the real numbers take ~65 min on 2 idle CPU cores and rewrite the tables;
 # bench-quick runs every script in a few steps (~10 min) to check they still run. Run them on an idle machine.
 BENCH := train_throughput eval_throughput memory latency methods
 
