@@ -553,12 +553,14 @@ def _free_port(host: str) -> int:
 
 
 def start(model: str = DEFAULT_MODEL, runs: Sequence[str] = (), *, host: str = HOST, port: int | None = None,
-          api_key: str | None = None, max_tokens: int = 512, log=None, timeout: float = 300) -> Served:
+          api_key: str | None = None, max_tokens: int = 512, max_request_kb: int = 1024, log=None,
+          timeout: float = 300) -> Served:
     """Start ``nbkit serve`` in a child process and wait until it answers; for notebooks and tests.
 
     Args:
         model, runs: what to serve (as for ``nbkit serve``).
         port: a free one by default.
+        max_tokens, max_request_kb: the request bounds (``--max-tokens``, ``--max-request-kb``).
         api_key: require this bearer token (passed through the environment, not the command line).
         log: a file object for the server's output (default: discarded).
         timeout: seconds to wait for the model to load.
@@ -576,7 +578,7 @@ def start(model: str = DEFAULT_MODEL, runs: Sequence[str] = (), *, host: str = H
     if api_key:
         env["NBKIT_SERVE_API_KEY"] = api_key
     command = [sys.executable, "-m", "nbkit", "serve", "--model", model, "--host", host, "--port", str(port),
-               "--max-tokens", str(max_tokens)]
+               "--max-tokens", str(max_tokens), "--max-request-kb", str(max_request_kb)]
     for run in runs:
         command += ["--run", str(getattr(run, "path", run))]
     sink = log if log is not None else subprocess.DEVNULL

@@ -35,7 +35,7 @@ def served(tmp_path_factory):
         mp.setenv("NBKIT_RUNS_DIR", str(root / "runs"))
         run = tune(sentiment(), "sample:sentiment", method="lora", max_steps=12, lr=1e-3, name="served")
         log = open(root / "server.log", "w")
-        server = start(runs=[run], api_key=KEY, max_tokens=64, log=log)
+        server = start(runs=[run], api_key=KEY, max_tokens=64, max_request_kb=64, log=log)
     yield {"url": server.url, "run": run, "root": root, "log": root / "server.log"}
     server.stop()
 
