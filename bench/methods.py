@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, peak_rss_mb, replace_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ["lora", "qlora", "dora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning", "full"]
@@ -35,8 +37,6 @@ PROMPT = dict(
 
 def one(method: str, epochs: float, quick: bool) -> dict:
     """Train and evaluate one method in this process; the numbers as a dict."""
-    import resource
-
     import nbkit
 
     prompt = nbkit.Prompt(**PROMPT)
@@ -55,7 +55,7 @@ def one(method: str, epochs: float, quick: bool) -> dict:
                "tokens_per_second": m["tokens_per_second"], "final_loss": m["train_loss"],
                "eval_seconds": time.monotonic() - started}
     result = report.frame.iloc[0]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = peak_rss_mb()
     return {"method": method, "accuracy": float(result["accuracy"]), "f1": float(result["f1"]),
             "rows": int(result["n"]), "peak_memory_mb": round(peak), **row}
 
@@ -71,29 +71,6 @@ def table(rows: list[dict], epochs: float) -> str:
         lines.append(f"| {r['method']} | {r['accuracy']:.3f} | {r['f1']:.3f} | {r['trainable_parameters']:,} | "
                      f"{time_} | {tps} | {r['peak_memory_mb'] / 1024:.1f} GiB |")
     return "\n".join(lines)
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
-def replace_block(path: Path, marker: str, text: str) -> None:
-    """Replace what lies between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``path``."""
-    source = path.read_text()
-    pattern = re.compile(rf"(<!-- {marker} -->\n).*?(<!-- /{marker} -->)", re.S)
-    if not pattern.search(source):
-        raise SystemExit(f"{path} has no <!-- {marker} --> block")
-    path.write_text(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), source))
 
 
 def replace_block_in_notebook(path: Path, marker: str, text: str) -> None:
