@@ -247,6 +247,14 @@ def _body(prompt, row, shots, max_tokens: int, logprobs: bool) -> tuple[str, dic
     return "chat", body
 
 
+def _send(api: ApiModel, prompt, rows, train_rows, max_tokens: int, logprobs: bool):
+    """One request per row (its shots drawn from ``train_rows`` as locally): (endpoint, answers, errors)."""
+    requests = [_body(prompt, row, prompt.pick_shots(train_rows, seed=i) if train_rows else [], max_tokens, logprobs)
+                for i, row in enumerate(rows)]
+    endpoint = requests[0][0]
+    return (endpoint, *api.map(endpoint, [body for _, body in requests]))
+
+
 def _read(answer: Mapping, endpoint: str, index: int, model: str) -> tuple[str, list[dict] | None]:
     """(text, top alternatives of the first token as [{token, logprob}] or None) of an answer."""
     try:
@@ -300,17 +308,14 @@ def predict(api: ApiModel, prompt, rows, train_rows, *, max_new_tokens: int | No
 
     from .metrics import normalize
 
-    shots = [prompt.pick_shots(train_rows, seed=i) if train_rows else [] for i in range(len(rows))]
     expected = [prompt.render_target(row) for row in rows] if prompt.target is not None else [None] * len(rows)
     if prompt.choices:
         longest = max(len(c) for c in prompt.choices) + 4  # characters bound the tokens
-        requests = [_body(prompt, row, s, longest, True) for row, s in zip(rows, shots)]
+        endpoint, answers, errors = _send(api, prompt, rows, train_rows, longest, logprobs=True)
     else:
         if max_new_tokens is None:  # as locally: room for the longest expected answer, and some
             max_new_tokens = max(len((e or "").split()) * 2 for e in expected) + 16
-        requests = [_body(prompt, row, s, max_new_tokens, False) for row, s in zip(rows, shots)]
-    endpoint = requests[0][0]
-    answers, errors = api.map(endpoint, [b for _, b in requests])
+        endpoint, answers, errors = _send(api, prompt, rows, train_rows, max_new_tokens, logprobs=False)
     keep, outputs, by_logprobs = [], [], 0
     for i, answer in enumerate(answers):
         if answer is None:
@@ -353,10 +358,7 @@ class _Chat:
 
 def chat(api: ApiModel, prompt, rows, train_rows, max_new_tokens: int) -> list[str]:
     """Generated text for each row (``%%prompt --run``); raises the first error."""
-    requests = [_body(prompt, row, prompt.pick_shots(train_rows, seed=i) if train_rows else [], max_new_tokens, False)
-                for i, row in enumerate(rows)]
-    endpoint = requests[0][0]
-    answers, errors = api.map(endpoint, [b for _, b in requests])
+    endpoint, answers, errors = _send(api, prompt, rows, train_rows, max_new_tokens, logprobs=False)
     if errors:
         raise errors[0]
     return [_read(a, endpoint, i, api.name)[0].strip() for i, a in enumerate(answers)]

@@ -172,29 +172,22 @@ def evaluate(
     results, predictions, errors, seconds, api_stats, scoring_how = {}, {}, {}, {}, {}, {}
     for t, p, names in prepared:
         started = time.monotonic()
-        if is_api_model(t.model):
-            frame, scoring_how[t.label], stats, failed = _predict_api(t, p, rows, train_rows, api_options)
-            api_stats[t.label] = stats
+        if is_api_model(t.model):  # rows answered before a failure are kept, the failure reported
+            frame, scoring_how[t.label], api_stats[t.label], failed = _predict_api(t, p, rows, train_rows, api_options)
             if failed:
                 errors[t.label] = failed
-            if not len(frame):
+        else:
+            try:
+                loaded = load_model(t.model, quantize=t.quantize)
+                with loaded.adapter(t.adapter) as lm:
+                    frame = _predict(lm, loaded.tokenizer, p, rows, train_rows, scoring, batch_size,
+                                     perplexity="perplexity" in names)
+            except NbkitError:
+                raise
+            except Exception as e:  # keep the finished targets; report this one
+                errors[t.label] = f"{type(e).__name__}: {e}"
                 continue
-            results[t.label] = {**compute_metrics(frame, names, p.choices), "n": len(frame)}
-            seconds[t.label] = round(time.monotonic() - started, 2)
-            predictions[t.label] = frame
-            continue
-        try:
-            loaded = load_model(t.model, quantize=t.quantize)
-            with loaded.adapter(t.adapter) as lm:
-                frame = _predict(lm, loaded.tokenizer, p, rows, train_rows, scoring, batch_size,
-                                 perplexity="perplexity" in names)
-        except NbkitError:
-            raise
-        except Exception as e:  # keep the finished targets; report this one
-            errors[t.label] = f"{type(e).__name__}: {e}"
-            continue
-        scores = compute_metrics(frame, names, p.choices)
-        results[t.label] = {**scores, "n": len(frame)}
+        results[t.label] = {**compute_metrics(frame, names, p.choices), "n": len(frame)}
         seconds[t.label] = round(time.monotonic() - started, 2)
         predictions[t.label] = frame
     table = pd.DataFrame.from_dict(results, orient="index")
