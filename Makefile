@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.nbkit-setup
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast notebooks bench-setup bench bench-quick clean
+.PHONY: setup demo test test-fast notebooks bench bench-quick clean
 
 setup: $(STAMP)
 
@@ -39,16 +39,14 @@ notebooks: setup
 		../$(PY) -m papermill --no-progress-bar $$nb $$nb || exit 1; done
 
 # Benchmarks (bench/README.md): the real numbers take ~65 min on 2 idle CPU cores and rewrite the tables;
-# bench-quick runs every script in a few steps (~10 min) to check they still run. Run them on an idle machine.
+# bench-quick runs every script in a few steps (~10 min) to check they still run (`make test` runs an even
+# smaller quick mode of each: tests/test_bench.py). Run them on an idle machine.
 BENCH := train_throughput eval_throughput memory latency methods
 
-bench-setup: setup
-	$(PY) -m pip install -q -r bench/requirements.txt -c constraints.txt
-
-bench: bench-setup
+bench: setup
 	for b in $(BENCH); do $(PY) bench/$$b.py --write || exit 1; done
 
-bench-quick: bench-setup
+bench-quick: setup
 	for b in $(BENCH); do $(PY) bench/$$b.py --quick || exit 1; done
 
 clean:

@@ -44,6 +44,13 @@ def peak_rss_mb() -> float:
     return peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
 
 
+def fill(args, quick: bool, **defaults: tuple) -> None:
+    """Set each argument the command line left out (None) to its (full, quick) default."""
+    for name, (full, short) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, short if quick else full)
+
+
 def child(script: str, args: list[str], env: dict | None = None, timeout: float = 1800) -> dict:
     """Run ``script --one ARGS`` in a fresh interpreter and return its RESULT dict.
 

@@ -13,7 +13,7 @@ Each side runs in its own process, after loading the model (load time is not cou
 alternating, several rounds; the table shows medians and checks both sides agree (the same
 predicted labels; generations compared word for word).
 
-    .venv/bin/python bench/eval_throughput.py            # 80 scored rows, 16 generated, 3 rounds (~6 min)
+    .venv/bin/python bench/eval_throughput.py            # 80 scored rows, 32 generated, 3 rounds (~6 min)
     .venv/bin/python bench/eval_throughput.py --write    # ... and update bench/README.md
     .venv/bin/python bench/eval_throughput.py --quick    # 16 / 4 rows, 1 round: checks the script runs
 """
@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+
+from nbkit.inference import GENERATE_BATCH  # noqa: E402  (imports no torch)
 
 CHOICES = ["refund", "delivery", "account", "other"]
 SCORE_PROMPT = dict(name="intent", template="Which team should handle this customer message: refund, delivery, "
@@ -99,15 +101,15 @@ def render(table: list[dict], rounds: int, quick: bool) -> str:
     return "\n".join(lines) + (
         f"\n\n{what}sample:intent test rows; label scoring over 4 label words (nbkit: batches of 16, one pass per "
         f"context with the label tokens on its cache); generation greedy, {NEW_TOKENS} new tokens at most (nbkit: "
-        f"batches of 8, left-padded). Model load not counted; median of {rounds} round(s), one process each. "
+        f"batches of {GENERATE_BATCH}, left-padded). Model load not counted; median of {rounds} round(s), one process each. "
         f"{common.stamp(cmd)}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--score-rows", type=int, default=80)
-    parser.add_argument("--generate-rows", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--score-rows", type=int, help="rows to score (default 80; --quick 16)")
+    parser.add_argument("--generate-rows", type=int, help="rows to generate (default 32; --quick 4)")
+    parser.add_argument("--rounds", type=int, help="repetitions (default 3; --quick 1)")
     parser.add_argument("--quick", action="store_true", help="16 / 4 rows, 1 round: does it run?")
     parser.add_argument("--write", action="store_true", help="update bench/README.md")
     parser.add_argument("--one", nargs=3, metavar=("SIDE", "TASK", "ROWS"), help=argparse.SUPPRESS)
@@ -116,8 +118,7 @@ def main() -> int:
         side, task, rows = args.one
         common.emit(one(side, task, int(rows)))
         return 0
-    if args.quick:
-        args.score_rows, args.generate_rows, args.rounds = 16, 4, 1
+    common.fill(args, args.quick, score_rows=(80, 16), generate_rows=(32, 4), rounds=(3, 1))
     results = []
     for round_ in range(args.rounds):
         for task, rows in (("score", args.score_rows), ("generate", args.generate_rows)):

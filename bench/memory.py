@@ -116,13 +116,12 @@ def render(rows: list[dict], steps: int, quick: bool) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, help="training steps per variant (default 6; --quick 2)")
     parser.add_argument("--quick", action="store_true", help="2 steps each: does it run?")
     parser.add_argument("--write", action="store_true", help="update bench/README.md")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.quick:
-        args.steps = 2
+    common.fill(args, args.quick, steps=(6, 2))
     if args.one:
         common.emit(one(args.one, args.steps))
         return 0

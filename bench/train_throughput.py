@@ -248,8 +248,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--examples", type=int, default=32, help="training examples (one epoch)")
-    parser.add_argument("--rounds", type=int, default=3, help="repetitions; the table shows medians")
+    parser.add_argument("--examples", type=int, help="training examples, one epoch (default 32; --quick 16)")
+    parser.add_argument("--rounds", type=int, help="repetitions; the table shows medians (default 3; --quick 1)")
     parser.add_argument("--quick", action="store_true", help="1 round of 16 examples: does it run?")
     parser.add_argument("--write", action="store_true", help="update bench/README.md and README.md")
     parser.add_argument("--more", action="store_true",
@@ -257,8 +257,7 @@ def main() -> int:
                              "--examples): rerun rows another process disturbed")
     parser.add_argument("--one", nargs=2, metavar=("SYSTEM", "DATASET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.quick:
-        args.examples, args.rounds = 16, 1
+    common.fill(args, args.quick, examples=(32, 16), rounds=(3, 1))
     if args.one:
         common.emit(one(*args.one, args.examples))
         return 0

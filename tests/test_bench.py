@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import flops  # noqa: E402
 
@@ -57,3 +59,41 @@ def test_head_on_targets_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(kept, full)
         for a, b in zip(kept_grads, full_grads):
             torch.testing.assert_close(a, b)
+
+
+SMOKE = {  # the CI mode of each script: the smallest sizes that still run every system / variant once
+    "train_throughput.py": ["--examples", "2", "--datasets", "threads"],
+    "eval_throughput.py": ["--score-rows", "4", "--generate-rows", "2"],
+    "memory.py": ["--steps", "1"],
+    "latency.py": [],
+    "methods.py": ["--methods", "lora"],
+}
+ROWS = {  # what each table must show a row for
+    "train_throughput.py": ["tutorial", "trl", "trl-fp32", "nbkit", "nbkit-bf16"],
+    "eval_throughput.py": ["label scoring", "generation"],
+    "memory.py": ["lora fp32", "lora bf16 autocast", "lora bf16 weights", "qlora 4-bit"],
+    "latency.py": ["`%load_ext nbkit`", "… nbkit's own time beyond generation"],
+    "methods.py": ["zero-shot", "lora"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", list(SMOKE))
+def test_benchmark_script_runs_in_quick_mode_and_writes_nothing(script):
+    """`make bench`'s scripts still run (CI cannot afford their real sizes: ~65 min). --quick never
+    touches bench/README.md, README.md, bench/results/ or the quickstart."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    watched = [root / "bench" / "README.md", root / "README.md", root / "notebooks" / "00_quickstart.ipynb",
+               *sorted((root / "bench" / "results").glob("*"))]
+    before = {p: p.read_bytes() for p in watched}
+    done = subprocess.run([sys.executable, str(root / "bench" / script), "--quick", *SMOKE[script]],
+                          capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    for row in ROWS[script]:
+        assert any(line.split("|")[1 + (script == "train_throughput.py")].strip() == row for line in table), (row, table)
+    assert "quick check, not a result" in done.stdout
+    assert {p: p.read_bytes() for p in watched} == before
+    assert sorted((root / "bench" / "results").glob("*")) == watched[3:]
