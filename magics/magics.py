@@ -232,6 +232,12 @@ class NbkitMagics(Magics):
     @argument("--paraphrases", type=int, default=0, help="--search: instruction rewordings to ask the model for")
     @argument("--dev", help="--search: a split, or a fraction/count of train to rank on (default 0.25)")
     @argument("--name", help="--search: name of the best prompt (default <prompt>-best)")
+    @argument("--strategy", default="grid", choices=["grid", "rl", "gradient"],
+              help="--search: grid (every candidate), rl (policy gradient over the same edits, --budget prompts) "
+                   "or gradient (AutoPrompt trigger tokens, --triggers, --steps)")
+    @argument("--budget", type=int, default=24, help="--search --strategy rl: prompts sampled (default 24)")
+    @argument("--triggers", type=int, default=4, help="--search --strategy gradient: trigger tokens (default 4)")
+    @argument("--steps", type=int, default=8, help="--search --strategy gradient: HotFlip steps (default 8)")
     @argument("-o", "--output", metavar="VAR", help="bind the Report to VAR")
     @no_var_expand
     @line_magic
@@ -243,6 +249,8 @@ class NbkitMagics(Magics):
         if args.search:
             return self._bind(args.output, self._search(args))
         unused = [f"--{n}" for n in ("words", "shots", "selection", "dev", "name") if getattr(args, n)]
+        unused += [f"--{n}" for n, default in (("strategy", "grid"), ("budget", 24), ("triggers", 4), ("steps", 8))
+                   if getattr(args, n) != default]
         if unused or args.paraphrases:
             raise UsageError(f"{(unused or ['--paraphrases'])[0]} belongs to --search")
         report = evaluate(
@@ -271,7 +279,8 @@ class NbkitMagics(Magics):
             args.prompt, args.data, words=words, shots=shots, selection=_csv(args.selection) or ["random"],
             paraphrases=args.paraphrases, dev=_number_or_name(args.dev) if args.dev else 0.25,
             metric=args.metric[0] if args.metric else None, model=args.model, scoring=args.scoring,
-            name=args.name, batch_size=args.batch_size, namespace=self.shell.user_ns,
+            name=args.name, batch_size=args.batch_size, strategy=args.strategy, budget=args.budget,
+            triggers=args.triggers, steps=args.steps, namespace=self.shell.user_ns,
         )
         print(f"best of {len(report.frame)} candidates on {report.info['rows']} dev rows: {report.info['best']} "
               f"({report.info['ranked_by']} {report.frame.iloc[0][report.info['ranked_by']]:.3f}), "
@@ -351,7 +360,9 @@ HELP = """nbkit magics  ($name in a magic line is replaced by the notebook varia
       score prompts and runs side by side; returns a Report (.frame is a DataFrame)
   %evaluate --search --prompt NAME [--prompt ...] --data D [--words a=x,b=y] [--shots 0,4]
             [--selection random,balanced] [--paraphrases 3] [--name BEST] [-o VAR]
-      rank candidate prompts on a dev split; the best is registered as a prompt
+            [--strategy grid|rl|gradient] [--budget 24] [--triggers 4 --steps 8]
+      rank candidate prompts on a dev split (all, by policy gradient, or AutoPrompt triggers);
+      the best is registered as a prompt
   %nbkit [list|methods|samples|help]
       list prompts, runs and loaded models; the tuning methods; the sample data sets
   %nbkit login openai

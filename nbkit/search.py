@@ -35,6 +35,10 @@ def search_prompts(
     name: str | None = None,
     seed: int = 0,
     batch_size: int = 16,
+    strategy: str = "grid",
+    budget: int = 24,
+    triggers: int = 4,
+    steps: int = 8,
     namespace: Mapping[str, Any] | None = None,
 ):
     """Search prompts on a dev split; returns a ranked :class:`nbkit.results.Report`.
@@ -55,6 +59,12 @@ def search_prompts(
         scoring: label log-likelihood ``sum`` or ``mean`` (length-normalised).
         name: the name the best prompt is registered under (default ``<first prompt>-best``).
         seed: seed of the dev split, the shots and the paraphrase sampling.
+        strategy: ``grid`` scores every candidate; ``rl`` samples ``budget`` candidates from a
+            policy over the same edits (template, words, shots, selection), trained by REINFORCE on
+            dev mini-batches, then scores its three most rewarded and the starting prompt on all dev
+            rows; ``gradient`` appends ``triggers`` tokens to the first prompt's instruction and
+            improves them for ``steps`` HotFlip steps on the training rows (AutoPrompt), then scores
+            the starting and the found prompt. See :mod:`nbkit.optimize`.
 
     Returns:
         A Report whose ``frame`` has one row per candidate, best first; ``report.best`` is the
@@ -80,6 +90,11 @@ def search_prompts(
             raise ConfigError("selection", f"must be among {', '.join(SELECTIONS)}, got {s!r}")
     if isinstance(paraphrases, bool) or not isinstance(paraphrases, int) or paraphrases < 0:
         raise ConfigError("paraphrases", f"must be a non-negative integer, got {paraphrases!r}")
+    if strategy not in STRATEGIES:
+        raise ConfigError("strategy", f"must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if strategy == "gradient" and (len(bases) > 1 or words or paraphrases or list(shots) != [0]):
+        raise ConfigError("strategy", "gradient search improves one prompt's trigger tokens; give one --prompt "
+                          "and no --words, --shots or --paraphrases (search those with grid or rl)")
 
     if isinstance(model, str) and model.startswith("openai:"):
         raise ConfigError("model", "prompt search scores candidates with a local model's label log-likelihoods; "
@@ -111,13 +126,23 @@ def search_prompts(
         described[label] = {"prompt": template.name, "template": origin, "words": _words_text(p, verbalizer),
                             "shots": k, "selection": how if k else "-"}
 
-    results, predictions = {}, {}
-    for label, p in candidates.items():
+    def score(p: Prompt, rows) -> tuple[dict, Any]:
         names = _metrics_for(p, [rank_by] + (["accuracy"] if p.choices and rank_by != "accuracy" else []))
         with loaded.adapter(None) as lm:  # the base model, whatever adapter the session swapped on
-            frame = _predict(lm, loaded.tokenizer, p, dev_rows, pool, scoring, batch_size,
+            frame = _predict(lm, loaded.tokenizer, p, rows, pool, scoring, batch_size,
                              perplexity="perplexity" in names)
-        results[label] = {**described[label], **compute_metrics(frame, names, p.choices), "n": len(frame)}
+        return compute_metrics(frame, names, p.choices), frame
+
+    extra: dict = {}
+    if strategy == "rl":
+        candidates, described, extra = _reinforce(templates, verbalizers, shots, selection, score, dev_rows,
+                                                  budget, batch_size, seed)
+    elif strategy == "gradient":
+        candidates, described, extra = _gradient(bases[0], loaded, pool, triggers, steps, seed)
+    results, predictions = {}, {}
+    for label, p in candidates.items():
+        values, frame = score(p, dev_rows)
+        results[label] = {**described[label], **values, "n": len(frame)}
         predictions[label] = frame
     table = pd.DataFrame.from_dict(results, orient="index")
     table.index.name = "candidate"
@@ -131,11 +156,61 @@ def search_prompts(
         "rows": len(dev_rows), "metrics": [rank_by], "ranked_by": rank_by, "errors": {},
         "seconds": {"search": round(time.monotonic() - started, 2)}, "best": best_label, "registered": best.name,
         "scoring": f"label log-likelihood ({scoring})" if bases[0].choices else "greedy generation",
-        "templates": {label: candidates[label].template for label in candidates},
+        "templates": {label: candidates[label].template for label in candidates}, "strategy": strategy, **extra,
     }
     report = Report(table, {k: predictions[k] for k in table.index}, info)
     report.best, report.candidates = best, candidates
     return report
+
+
+STRATEGIES = ("grid", "rl", "gradient")
+
+
+def _reinforce(templates, verbalizers, shots, selection, score, dev_rows, budget, batch, seed):
+    """Candidates of the rl strategy: the starting prompt and the policy's three most rewarded."""
+    import random
+
+    from .optimize import reinforce
+
+    space = [templates, verbalizers, list(shots), list(selection)]
+
+    def make(pick):
+        (template, origin), verbalizer, k, how = (space[d][i] for d, i in enumerate(pick))
+        p = _variant(template, verbalizer, k, how if k else selection[0])
+        return p, {"prompt": template.name, "template": origin, "words": _words_text(p, verbalizer), "shots": k,
+                   "selection": how if k else "-"}
+
+    def reward(pick, draw):
+        rows = random.Random(seed * 1000 + draw).sample(dev_rows, min(batch, len(dev_rows)))
+        values, _ = score(make(pick)[0], rows)
+        return float(next(iter(values.values())))
+
+    seen, policy = reinforce(space, reward, budget=budget, seed=seed)
+    ranked = sorted(seen, key=lambda pick: (-sum(seen[pick]) / len(seen[pick]), pick))
+    candidates, described = {}, {}
+    picks: dict[str, tuple] = {}
+    for label, pick in [("start", (0, 0, 0, 0))] + [(f"rl{k + 1}", pick) for k, pick in enumerate(ranked[:3])]:
+        if pick in picks.values():
+            continue
+        picks[label] = pick
+        candidates[label], described[label] = make(pick)
+        rewards = seen.get(pick, [])
+        described[label].update(pulls=len(rewards), mean_reward=round(sum(rewards) / len(rewards), 4) if rewards else None)
+    names = ["template", "words", "shots", "selection"]
+    return candidates, described, {"policy": {n: [round(p, 3) for p in probs] for n, probs in zip(names, policy)},
+                                   "budget": budget}
+
+
+def _gradient(base: Prompt, loaded, pool, triggers, steps, seed):
+    """Candidates of the gradient strategy: the starting prompt and the one with trigger tokens."""
+    from .optimize import autoprompt
+
+    found, history = autoprompt(base, loaded, pool, triggers=triggers, steps=steps, seed=seed)
+    facts = {"prompt": base.name, "words": _words_text(base, None), "shots": base.shots, "selection": "-"}
+    return ({"start": base, "gradient": found},
+            {"start": {**facts, "template": "as written"},
+             "gradient": {**facts, "template": f"+ triggers '{history[-1]['triggers'].strip()}'"}},
+            {"history": history})
 
 
 def _dev_split(splits, dev, seed: int) -> tuple[list, list]:
