@@ -6,6 +6,7 @@ neither loops over examples one forward at a time.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -21,7 +22,9 @@ def score_choices(model, pad_id: int, contexts: Sequence[list[int]], choices: Se
 
     Each context is run once: its key/value cache is shared by all choices, so
     scoring C label words costs one pass over the inputs plus C short passes
-    over the label tokens, not C passes over everything.
+    over the label tokens, not C passes over everything. The tokens all contexts
+    start with (chat header, system prompt, instruction) run once, and every
+    batch continues from their cache.
 
     Args:
         model: a causal LM (``logits`` and ``past_key_values`` outputs).
@@ -47,26 +50,36 @@ def score_choices(model, pad_id: int, contexts: Sequence[list[int]], choices: Se
     for j, ch in enumerate(choices):
         tail[j, :len(ch) - 1] = torch.tensor(ch[:-1], dtype=torch.long)
         tail_mask[j, :len(ch) - 1] = 1
+    shared = shared_prefix(contexts)
     order = sorted(range(len(contexts)), key=lambda k: len(contexts[k]))
     scores = np.zeros((len(contexts), n_choices))
     with torch.inference_mode():
+        prefix = None
+        if shared:  # the text every context starts with (system prompt, instruction) runs once
+            prefix = model(input_ids=torch.tensor([contexts[0][:shared]], device=device), use_cache=True)
+            prefix = prefix_cache(prefix)
         for batch in _batches(order, batch_size):
-            width = max(len(contexts[k]) for k in batch)
+            width = max(len(contexts[k]) for k in batch) - shared
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
+            mask = torch.zeros((len(batch), shared + width), dtype=torch.long)
+            mask[:, :shared] = 1
             for b, k in enumerate(batch):  # left padding: every context ends at the same column
-                n = len(contexts[k])
-                ids[b, width - n:] = torch.tensor(contexts[k])
-                mask[b, width - n:] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                n = len(contexts[k]) - shared
+                ids[b, width - n:] = torch.tensor(contexts[k][shared:])
+                mask[b, shared + width - n:] = 1
+            positions = ((mask.cumsum(-1) - 1).clamp(min=0))[:, shared:]
+            past = {}
+            if prefix is not None:
+                key, cache = prefix
+                cache = copy.deepcopy(cache)
+                cache.batch_repeat_interleave(len(batch))
+                past = {key: cache}
             out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                        position_ids=positions.to(device), use_cache=longest > 1)
+                        position_ids=positions.to(device), use_cache=longest > 1 or bool(past), **past)
             first = out.logits[:, -1].float().log_softmax(-1).cpu()  # predicts each choice's first token
             rest = None
             if longest > 1:
-                # transformers >= 5.2x calls the cache `cache`; earlier 5.x `past_key_values`
-                key = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
-                cache = getattr(out, key)
+                key, cache = prefix_cache(out)
                 cache.batch_repeat_interleave(n_choices)
                 step_ids = tail.repeat(len(batch), 1)
                 step_mask = torch.cat([mask.repeat_interleave(n_choices, 0), tail_mask.repeat(len(batch), 1)], 1)
@@ -83,6 +96,30 @@ def score_choices(model, pad_id: int, contexts: Sequence[list[int]], choices: Se
                         total += rest[b, j, t - 1, ch[t]].item()
                     scores[k, j] = total / len(ch) if normalize else total
     return scores
+
+
+MIN_SHARED = 8  # a shorter common prefix is not worth a pass of its own
+
+
+def shared_prefix(contexts: Sequence[list[int]]) -> int:
+    """Tokens every context starts with (chat header, system prompt, instruction), leaving each
+    context at least one token of its own; 0 when fewer than ``MIN_SHARED`` or only one context."""
+    if len(contexts) < 2:
+        return 0
+    first, n = contexts[0], min(len(c) for c in contexts) - 1
+    for c in contexts[1:]:
+        k = 0
+        while k < n and c[k] == first[k]:
+            k += 1
+        n = k
+    return n if n >= MIN_SHARED else 0
+
+
+def prefix_cache(out) -> tuple[str, object]:
+    """(the keyword a model takes its key/value cache back under, the cache) of a forward's output."""
+    # transformers >= 5.2x calls the cache `cache`; earlier 5.x `past_key_values`
+    key = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
+    return key, getattr(out, key)
 
 
 def is_prompt_learning(model) -> bool:

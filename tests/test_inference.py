@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from nbkit.encoding import encode_choice, encode_contexts
-from nbkit.inference import score_choices
+from nbkit.inference import score_choices, shared_prefix
 
 
 def test_shared_cache_scoring_matches_scoring_each_sequence_whole(smol, intent_prompt):
@@ -14,6 +14,7 @@ def test_shared_cache_scoring_matches_scoring_each_sequence_whole(smol, intent_p
     contexts = encode_contexts(intent_prompt, rows, tok)
     choices = [encode_choice(intent_prompt, c, tok) for c in ["refund", "delivery", "account team now", "other"]]
     assert max(len(c) for c in choices) > 1  # multi-token choices go through the cache
+    assert shared_prefix(contexts) > 20  # chat header + instruction: computed once, continued by every batch
     fast = score_choices(smol.model, tok.pad_token_id, contexts, choices, batch_size=2)
     slow = np.zeros_like(fast)
     with torch.no_grad():
@@ -24,6 +25,15 @@ def test_shared_cache_scoring_matches_scoring_each_sequence_whole(smol, intent_p
     assert np.allclose(fast, slow, atol=1e-3), np.abs(fast - slow).max()
     mean = score_choices(smol.model, tok.pad_token_id, contexts, choices, normalize=True)
     assert np.allclose(mean, fast / np.array([len(c) for c in choices]), atol=1e-5)
+    alone = score_choices(smol.model, tok.pad_token_id, contexts[1:2], choices)  # one context: nothing shared
+    assert np.allclose(alone, slow[1:2], atol=1e-3)
+
+
+def test_shared_prefix_leaves_every_context_a_token_of_its_own():
+    assert shared_prefix([list(range(20)), list(range(20))]) == 19
+    assert shared_prefix([list(range(20)), list(range(12)) + [99]]) == 12
+    assert shared_prefix([list(range(20)), list(range(5)) + [99] * 10]) == 0  # too short to be worth a pass
+    assert shared_prefix([list(range(20))]) == 0
 
 
 def test_perplexity_of_the_expected_text_matches_the_models_own_loss(smol):
