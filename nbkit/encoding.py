@@ -44,9 +44,9 @@ def encode_context(prompt: Prompt, row: Mapping, tokenizer, shots: Sequence[Mapp
 
 
 def encode_contexts(prompt: Prompt, rows: Sequence[Mapping], tokenizer, pool: Sequence[Mapping] = ()) -> list[list[int]]:
-    """Context ids of each row, each with its own shots drawn from ``pool`` (seeded by the row's position)."""
-    return [encode_context(prompt, row, tokenizer, prompt.pick_shots(pool, seed=i) if pool else [])
-            for i, row in enumerate(rows)]
+    """Context ids of each row, each with its own shots from ``pool`` (:meth:`Prompt.shots_for`)."""
+    return [encode_context(prompt, row, tokenizer, shots)
+            for row, shots in zip(rows, prompt.shots_for(rows, pool))]
 
 
 def encode_choice(prompt: Prompt, choice: str, tokenizer) -> list[int]:

@@ -47,8 +47,10 @@ class Prompt:
         choices: label words for classification; evaluation scores each one.
         system: a system message (chat models) or preamble (plain models).
         shots: how many solved examples from the training split to show first.
-        selection: how they are chosen: ``random``, or ``balanced`` (classes in turn, so a few
-            shots cover the labels instead of repeating the most common one).
+        selection: how they are chosen: ``random``, ``balanced`` (classes in turn, so a few
+            shots cover the labels instead of repeating the most common one), or ``nearest``
+            (the training examples most similar to the row, by the embedded MiniLM sentence
+            encoder's cosine similarity of the rendered instructions; the nearest is shown last).
         chat: use the tokenizer's chat template; ``None`` decides by the tokenizer.
     """
 
@@ -171,10 +173,30 @@ class Prompt:
             return text
         return " " + text
 
+    def shots_for(self, rows: Sequence[Mapping], pool: Sequence[Mapping], seed: int = 0,
+                  exclude_self: bool = False) -> list[list]:
+        """The shots of each row: drawn from ``pool`` with seed ``seed + i`` for the i-th row, or its
+        nearest neighbours in ``pool``. ``exclude_self``: a row is never its own shot (training)."""
+        if not self.shots or not pool:
+            return [[] for _ in rows]
+        if self.selection != "nearest":
+            return [self.pick_shots(pool, seed=seed + i, exclude=row if exclude_self else None)
+                    for i, row in enumerate(rows)]
+        from .embeddings import nearest
+
+        if len(pool) - exclude_self < self.shots:
+            raise ConfigError("shots", f"asks for {self.shots} examples but the training split has {len(pool)}")
+        found = nearest([self.render(r) for r in rows], [self.render(r) for r in pool], self.shots,
+                        exclude_same=exclude_self)
+        return [[pool[j] for j in picked] for picked in found]
+
     def pick_shots(self, pool: Sequence[Mapping], seed: int = 0, exclude: Mapping | None = None) -> list:
-        """``self.shots`` examples drawn deterministically from ``pool``."""
+        """``self.shots`` examples drawn deterministically from ``pool`` (``random`` or ``balanced``;
+        ``nearest`` depends on the row: :meth:`shots_for`)."""
         if not self.shots:
             return []
+        if self.selection == "nearest":
+            raise ConfigError("selection", "nearest shots depend on the row; use Prompt.shots_for(rows, pool)")
         candidates = [r for r in pool if r is not exclude and r != exclude]
         if len(candidates) < self.shots:
             raise ConfigError("shots", f"asks for {self.shots} examples but the training split has {len(candidates)}")
@@ -206,7 +228,7 @@ class Prompt:
         return cls(**dict(data))
 
 
-SELECTIONS = ("random", "balanced")
+SELECTIONS = ("random", "balanced", "nearest")
 
 # The session's prompts, by name: %%prompt defines, %tune/%evaluate look up.
 PROMPTS: dict[str, Prompt] = {}

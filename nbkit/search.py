@@ -49,7 +49,8 @@ def search_prompts(
         words: label-word sets to try, each mapping every label to the word the model should
             say (the prompts' own choices are always tried too).
         shots: numbers of few-shot examples to try.
-        selection: how shots are chosen: ``random`` and/or ``balanced`` (one per class in turn).
+        selection: how shots are chosen: ``random``, ``balanced`` (one per class in turn) and/or
+            ``nearest`` (the most similar training rows, by the embedded sentence encoder).
         paraphrases: ask the model for this many rewordings of each prompt's instruction (the
             text before its first variable) and try them too.
         dev: a split name, or a fraction / count of ``train`` held out for scoring.

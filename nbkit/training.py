@@ -415,8 +415,7 @@ def _model_config(spec: str):
 def _examples(prompt: Prompt, rows, tokenizer, cfg: TuneConfig, pool=None):
     examples, truncated = [], 0
     pool = rows if pool is None else pool
-    for i, row in enumerate(rows):
-        shots = prompt.pick_shots(pool, seed=cfg.seed + i, exclude=row)
+    for row, shots in zip(rows, prompt.shots_for(rows, pool, seed=cfg.seed, exclude_self=True)):
         example, cut = training_example(prompt, row, tokenizer, cfg.max_length, shots)
         examples.append(example)
         truncated += cut

@@ -81,3 +81,46 @@ def test_registry_and_roundtrip():
     assert "greet" in str(e.value)
     with pytest.raises(ConfigError):
         Prompt.from_dict({"template": "x", "bogus": 1})
+
+
+def test_the_embedded_encoder_ranks_by_meaning():
+    from nbkit.embeddings import load_encoder, nearest
+
+    encoder = load_encoder()
+    texts = ["I want my money back for the broken kettle", "Please refund the money you took from my card",
+             "My parcel has not arrived yet", "Where is my delivery? It is two days late",
+             "I cannot log in to my account", "How do I reset my password?"]
+    vectors = encoder.encode(texts)
+    assert vectors.shape == (6, 384)
+    assert torch_allclose_ones(vectors.norm(dim=1))
+    # each text's nearest other text is its pair (0-1, 2-3, 4-5), the nearest listed last
+    assert [picked[-1] for picked in nearest(texts, texts, 2, exclude_same=True)] == [1, 0, 3, 2, 5, 4]
+    assert nearest(texts[:1], texts, 1) == [[0]]  # without exclude_same a text is its own nearest
+
+
+def torch_allclose_ones(values) -> bool:
+    import torch
+
+    return torch.allclose(values, torch.ones_like(values), atol=1e-5)
+
+
+def test_nearest_shots_are_the_most_similar_training_rows():
+    p = Prompt("Message: {{ text }}\nTeam:", name="n", target="{{ label }}", shots=2, selection="nearest")
+    pool = [{"text": "Refund the double charge on my card", "label": "refund"},
+            {"text": "I was charged twice, money back please", "label": "refund"},
+            {"text": "The courier left my parcel at the wrong house", "label": "delivery"},
+            {"text": "Tracking says delivered but nothing came", "label": "delivery"},
+            {"text": "Change the email address on my profile", "label": "account"}]
+    row = {"text": "My package never showed up", "label": "delivery"}
+    (shots,) = p.shots_for([row], pool)
+    assert {s["label"] for s in shots} == {"delivery"}
+    # training: a row is never its own shot, and its nearest other row is shown last, next to it
+    per_row = p.shots_for(pool, pool, exclude_self=True)
+    assert all(row not in shots for row, shots in zip(pool, per_row))
+    assert per_row[0][-1] == pool[1] and per_row[1][-1] == pool[0]
+    with pytest.raises(ConfigError) as e:
+        p.pick_shots(pool)
+    assert e.value.field == "selection"
+    with pytest.raises(ConfigError) as e:
+        Prompt("{{ text }}", shots=9, selection="nearest").shots_for([row], pool)
+    assert e.value.field == "shots"

@@ -39,7 +39,7 @@ def test_balanced_shots_cover_the_labels():
 @pytest.mark.parametrize("kwargs, field", [
     ({"words": [{"positive": "great"}]}, "words"),  # no word for negative
     ({"words": [{"positive": "ok", "negative": "ok"}]}, "words"),
-    ({"shots": [-1]}, "shots"), ({"selection": ["nearest"]}, "selection"), ({"dev": "test"}, "dev"),
+    ({"shots": [-1]}, "shots"), ({"selection": ["closest"]}, "selection"), ({"dev": "test"}, "dev"),
     ({"dev": 1000}, "dev"), ({"paraphrases": -2}, "paraphrases"),
 ])
 def test_bad_search_settings_fail_before_any_model_loads(sentiment, kwargs, field, monkeypatch):
