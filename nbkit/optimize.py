@@ -24,17 +24,18 @@ from .prompts import Prompt
 MARK = "\x00TRIGGER\x00"
 
 
+_WORDS: dict = {}
+
+
 def _word_tokens(tokenizer) -> list[int]:
     """Token ids that decode to a space and a plain word: readable triggers that survive re-tokenizing."""
-    special = set(tokenizer.all_special_ids)
-    keep = []
-    for i in range(len(tokenizer)):
-        if i in special:
-            continue
-        text = tokenizer.decode([i])
-        if re.fullmatch(r" [A-Za-z]{2,15}", text):
-            keep.append(i)
-    return keep
+    key = (tokenizer.name_or_path, len(tokenizer))
+    if key not in _WORDS:
+        special = set(tokenizer.all_special_ids)
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        _WORDS[key] = [i for i, text in enumerate(texts)
+                       if i not in special and re.fullmatch(r" [A-Za-z]{2,15}", text)]
+    return _WORDS[key]
 
 
 def _with_triggers(p: Prompt, text: str) -> Prompt:
@@ -66,6 +67,8 @@ def autoprompt(prompt: Prompt, loaded, rows: Sequence[dict], *, triggers: int = 
         ``(prompt with triggers, history)``: history has the loss before and after each step.
     """
     import torch
+
+    from .training import _head_on_targets
 
     if not prompt.choices:
         raise ConfigError("strategy", "gradient search optimises the label likelihood: the prompt needs --choices")
@@ -109,11 +112,11 @@ def autoprompt(prompt: Prompt, loaded, rows: Sequence[dict], *, triggers: int = 
                 return ids.to(device), lab.to(device), mask.to(device), where
 
             def loss_of(trigger_ids, chosen, embeds=None):
+                """Mean label-token loss; logits only where a label token is predicted (not vocab x every position)."""
                 ids, lab, mask, where = tensors(trigger_ids, chosen)
-                inputs = {"inputs_embeds": embeds(ids, where)} if embeds else {"input_ids": ids}
-                logits = lm(attention_mask=mask, **inputs).logits[:, :-1].float()
-                return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                         lab[:, 1:].reshape(-1), ignore_index=-100)
+                inputs = {"attention_mask": mask, "labels": lab}
+                inputs.update({"inputs_embeds": embeds(ids, where)} if embeds else {"input_ids": ids})
+                return lm(**_head_on_targets(lm, inputs)).loss.float()
 
             for step in range(steps):
                 chosen = rng.sample(examples, min(batch, len(examples)))
