@@ -16,6 +16,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
+from nbkit.events import Callback, PlainProgress
+
 from .progress import progress_mode
 
 
@@ -64,6 +66,52 @@ def _weights(value: str | None) -> list[float] | None:
 
 def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+# %evaluate flags by the mode they belong to; a flag given in another mode is a usage error
+SEARCH_ONLY = ("words", "selection", "paraphrases", "name", "strategy", "budget", "triggers", "steps")
+VERSUS_ONLY = ("approaches", "epochs", "max_steps", "progress")
+SEARCH_OR_VERSUS = ("shots", "dev")
+NOT_VERSUS = ("run", "split", "metric", "scoring", "batch_size", "base_url", "no_cache", "concurrency")
+
+
+class _WidgetPerRun(Callback):
+    """A fresh ``%tune`` widget for each run of ``%evaluate --versus``; its notes as plain lines."""
+
+    def __init__(self):
+        self.widget = None
+
+    def on_begin(self, e):
+        from .widgets import TuneWidget
+
+        self.widget = TuneWidget(display=display)
+        self.widget.on_begin(e)
+
+    def on_step(self, e):
+        self.widget.on_step(e)
+
+    def on_evaluate(self, e):
+        self.widget.on_evaluate(e)
+
+    def on_end(self, e):
+        self.widget.on_end(e)
+        self.widget = None
+
+    def on_note(self, text):
+        if self.widget is not None:
+            self.widget.on_note(text)
+        else:
+            print(text, flush=True)
+
+
+def _callbacks(progress: str) -> list:
+    """Progress subscribers as ``%tune --progress`` picks them: a widget, plain lines, or none."""
+    mode = progress_mode(progress)
+    if mode == "widget":
+        from .widgets import TuneWidget
+
+        return [TuneWidget(display=display)]
+    return [PlainProgress()] if mode == "plain" else []
 
 
 @magics_class
@@ -179,17 +227,10 @@ class NbkitMagics(Magics):
     @line_magic
     def tune(self, line):
         """Fine-tune the model on a prompt and data set; returns a Run."""
-        from nbkit.events import PlainProgress
         from nbkit.training import tune
 
         args = self._parse(self.tune, line)
-        mode = progress_mode(args.progress)
-        if mode == "widget":
-            from .widgets import TuneWidget
-
-            callbacks = [TuneWidget(display=display)]
-        else:
-            callbacks = [PlainProgress()] if mode == "plain" else []
+        callbacks = _callbacks(args.progress)
         options = {name: getattr(args, name) for name in METHOD_OPTIONS}
         prompts = args.prompt if len(args.prompt) > 1 else args.prompt[0]
         datas = args.data if len(args.data) > 1 else args.data[0]
@@ -227,10 +268,12 @@ class NbkitMagics(Magics):
               help="search prompts instead: every --prompt x --words x --shots x --selection (x --paraphrases), "
                    "ranked on a dev split, the best registered as --name")
     @argument("--words", action="append", help="--search: label words to try, label=word,label=word (repeatable)")
-    @argument("--shots", help="--search: numbers of few-shot examples to try, e.g. 0,2,4")
+    @argument("--shots", help="--search: numbers of few-shot examples to try, e.g. 0,2,4; --versus: examples "
+                               "in the few-shot prompt, and the most the search tries (default 4)")
     @argument("--selection", help="--search: how shots are chosen: random, balanced (comma-separated)")
     @argument("--paraphrases", type=int, default=0, help="--search: instruction rewordings to ask the model for")
-    @argument("--dev", help="--search: a split, or a fraction/count of train to rank on (default 0.25)")
+    @argument("--dev", help="--search, --versus: a split, or a fraction/count of train to rank prompts on "
+                            "(default 0.25)")
     @argument("--name", help="--search: name of the best prompt (default <prompt>-best)")
     @argument("--strategy", default="grid", choices=["grid", "rl", "gradient"],
               help="--search: grid (every candidate), rl (policy gradient over the same edits, --budget prompts) "
@@ -238,27 +281,72 @@ class NbkitMagics(Magics):
     @argument("--budget", type=int, default=24, help="--search --strategy rl: prompts sampled (default 24)")
     @argument("--triggers", type=int, default=4, help="--search --strategy gradient: trigger tokens (default 4)")
     @argument("--steps", type=int, default=8, help="--search --strategy gradient: HotFlip steps (default 8)")
+    @argument("--versus", action="store_true",
+              help="prompt vs fine-tune: zero-shot, few-shot, searched prompt, prompt-tuning, LoRA and QLoRA on one "
+                   "--prompt and the test split, accuracy next to trainable parameters, seconds and peak memory")
+    @argument("--approaches",
+              help="--versus: which of zero-shot,few-shot,searched,prompt-tuning,lora,qlora to run (default all)")
+    @argument("--epochs", type=float, help="--versus: passes over train for each tuned run (default 2)")
+    @argument("--max-steps", type=int, help="--versus: stop each tuned run after this many steps instead")
+    @argument("--progress", default="auto", choices=["auto", "widget", "plain", "none"],
+              help="--versus: the tuned runs' progress as a live widget, plain lines or nothing (default: widget "
+                   "in Jupyter)")
     @argument("-o", "--output", metavar="VAR", help="bind the Report to VAR")
     @no_var_expand
     @line_magic
     def evaluate(self, line):
-        """Evaluate prompts and tuned runs side by side (or --search prompts); returns a Report."""
+        """Evaluate prompts and tuned runs side by side (or --search prompts, or --versus: prompt vs
+        fine-tune in one table); returns a Report."""
         from nbkit.evaluation import evaluate
 
         args = self._parse(self.evaluate, line)
+        if args.search and args.versus:
+            raise UsageError("--search and --versus are two different things; give one")
         if args.search:
+            self._refuse(args, VERSUS_ONLY, "belongs to --versus")
             return self._bind(args.output, self._search(args))
-        unused = [f"--{n}" for n in ("words", "shots", "selection", "dev", "name") if getattr(args, n)]
-        unused += [f"--{n}" for n, default in (("strategy", "grid"), ("budget", 24), ("triggers", 4), ("steps", 8))
-                   if getattr(args, n) != default]
-        if unused or args.paraphrases:
-            raise UsageError(f"{(unused or ['--paraphrases'])[0]} belongs to --search")
+        if args.versus:
+            self._refuse(args, NOT_VERSUS + SEARCH_ONLY, "does not go with --versus")
+            return self._bind(args.output, self._versus(args))
+        self._refuse(args, SEARCH_ONLY, "belongs to --search")
+        self._refuse(args, SEARCH_OR_VERSUS, "belongs to --search or --versus")
+        self._refuse(args, VERSUS_ONLY, "belongs to --versus")
         report = evaluate(
             args.prompt, args.run, args.data, model=args.model, split=args.split, metric=args.metric,
             limit=args.limit, scoring=args.scoring, batch_size=args.batch_size, base_url=args.base_url,
             cache=not args.no_cache, concurrency=args.concurrency, namespace=self.shell.user_ns,
         )
         return self._bind(args.output, report)
+
+    def _refuse(self, args, names, why: str) -> None:
+        """A usage error naming the first of ``names`` given away from its default."""
+        parser = self.evaluate.parser
+        for name in names:
+            if getattr(args, name) != parser.get_default(name):
+                raise UsageError(f"--{name.replace('_', '-')} {why}")
+
+    def _versus(self, args):
+        from nbkit.models import DEFAULT_MODEL
+        from nbkit.versus import APPROACHES, prompt_vs_finetune
+
+        if not args.prompt or len(args.prompt) > 1:
+            raise UsageError("--versus compares the approaches on one --prompt")
+        if not args.data:
+            raise UsageError("--versus needs --data: its train split tunes and its test split scores")
+        if args.epochs is not None and args.max_steps is not None:
+            raise UsageError("--versus trains for --epochs or for --max-steps; give one")
+        try:
+            shots = int(args.shots) if args.shots else 4
+        except ValueError:
+            raise UsageError(f"--versus takes one number of --shots, like 4; got {args.shots!r}") from None
+        mode = progress_mode(args.progress)
+        callbacks = [_WidgetPerRun()] if mode == "widget" else [PlainProgress()] if mode == "plain" else []
+        return prompt_vs_finetune(
+            args.prompt[0], args.data, approaches=_csv(args.approaches) or APPROACHES, shots=shots,
+            epochs=args.epochs if args.epochs is not None else 2.0, max_steps=args.max_steps, limit=args.limit,
+            model=args.model or DEFAULT_MODEL, dev=_number_or_name(args.dev) if args.dev else 0.25,
+            namespace=self.shell.user_ns, callbacks=callbacks,
+        )
 
     def _search(self, args):
         from nbkit.search import search_prompts
@@ -363,6 +451,10 @@ HELP = """nbkit magics  ($name in a magic line is replaced by the notebook varia
             [--strategy grid|rl|gradient] [--budget 24] [--triggers 4 --steps 8]
       rank candidate prompts on a dev split (all, by policy gradient, or AutoPrompt triggers);
       the best is registered as a prompt
+  %evaluate --versus --prompt NAME --data D [--shots 4] [--epochs 2 | --max-steps N] [--limit N]
+            [--approaches zero-shot,few-shot,searched,prompt-tuning,lora,qlora] [-o VAR]
+      prompt vs fine-tune: every approach on the same test rows, accuracy next to trainable
+      parameters, training/search/evaluation seconds and peak memory, in one Report
   %nbkit [list|methods|samples|help]
       list prompts, runs and loaded models; the tuning methods; the sample data sets
   %nbkit login openai
