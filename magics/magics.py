@@ -137,8 +137,9 @@ class NbkitMagics(Magics):
     @argument("--choices", help="comma-separated label words for classification")
     @argument("--system", help="system message (chat models) or preamble")
     @argument("--shots", type=int, default=0, help="few-shot examples drawn from the training split")
-    @argument("--selection", default="random", choices=["random", "balanced"],
-              help="how the shots are drawn: random, or balanced (each class in turn)")
+    @argument("--selection", default="random", choices=["random", "balanced", "nearest"],
+              help="how the shots are drawn: random, balanced (each class in turn), or nearest (the training "
+                   "examples most similar to the row, by sentence embedding)")
     @argument("--run", action="store_true", help="render and generate on --limit rows of --data")
     @argument("--data", help="data spec: sample:NAME, a file, hf:ID or a variable name")
     @argument("--split", default="test", help="split the --run rows come from (default test)")
@@ -270,7 +271,7 @@ class NbkitMagics(Magics):
     @argument("--words", action="append", help="--search: label words to try, label=word,label=word (repeatable)")
     @argument("--shots", help="--search: numbers of few-shot examples to try, e.g. 0,2,4; --versus: examples "
                                "in the few-shot prompt, and the most the search tries (default 4)")
-    @argument("--selection", help="--search: how shots are chosen: random, balanced (comma-separated)")
+    @argument("--selection", help="--search: how shots are chosen: random, balanced, nearest (comma-separated)")
     @argument("--paraphrases", type=int, default=0, help="--search: instruction rewordings to ask the model for")
     @argument("--dev", help="--search, --versus: a split, or a fraction/count of train to rank prompts on "
                             "(default 0.25)")
@@ -447,7 +448,7 @@ HELP = """nbkit magics  ($name in a magic line is replaced by the notebook varia
   %evaluate --prompt NAME [--prompt ...] [--run RUN ...] [--data D] [--split test] [--metric M] [-o VAR]
       score prompts and runs side by side; returns a Report (.frame is a DataFrame)
   %evaluate --search --prompt NAME [--prompt ...] --data D [--words a=x,b=y] [--shots 0,4]
-            [--selection random,balanced] [--paraphrases 3] [--name BEST] [-o VAR]
+            [--selection random,balanced,nearest] [--paraphrases 3] [--name BEST] [-o VAR]
             [--strategy grid|rl|gradient] [--budget 24] [--triggers 4 --steps 8]
       rank candidate prompts on a dev split (all, by policy gradient, or AutoPrompt triggers);
       the best is registered as a prompt

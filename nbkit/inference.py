@@ -51,6 +51,8 @@ def score_choices(model, pad_id: int, contexts: Sequence[list[int]], choices: Se
         tail[j, :len(ch) - 1] = torch.tensor(ch[:-1], dtype=torch.long)
         tail_mask[j, :len(ch) - 1] = 1
     shared = shared_prefix(contexts)
+    # only the last position's logits are read: not a vocabulary-wide row for every input token
+    last = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
     order = sorted(range(len(contexts)), key=lambda k: len(contexts[k]))
     scores = np.zeros((len(contexts), n_choices))
     with torch.inference_mode():
@@ -75,7 +77,7 @@ def score_choices(model, pad_id: int, contexts: Sequence[list[int]], choices: Se
                 cache.batch_repeat_interleave(len(batch))
                 past = {key: cache}
             out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                        position_ids=positions.to(device), use_cache=longest > 1 or bool(past), **past)
+                        position_ids=positions.to(device), use_cache=longest > 1 or bool(past), **past, **last)
             first = out.logits[:, -1].float().log_softmax(-1).cpu()  # predicts each choice's first token
             rest = None
             if longest > 1:
@@ -120,6 +122,13 @@ def prefix_cache(out) -> tuple[str, object]:
     # transformers >= 5.2x calls the cache `cache`; earlier 5.x `past_key_values`
     key = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
     return key, getattr(out, key)
+
+
+def _takes_logits_to_keep(model) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def is_prompt_learning(model) -> bool:

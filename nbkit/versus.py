@@ -279,7 +279,7 @@ def _searched(task: _Task, approach: str):
     from .search import search_prompts
 
     # paraphrases are left out: each costs generations and doubles the candidates
-    search = search_prompts(task.prompt, task.data, shots=[0, task.shots], selection=["random", "balanced"],
+    search = search_prompts(task.prompt, task.data, shots=[0, task.shots], selection=["random", "balanced", "nearest"],
                             dev=task.dev, model=task.model, seed=task.seed, name=f"{task.prompt.name}-searched",
                             strategy="grid", namespace=task.namespace)
     best = search.frame.iloc[0]
