@@ -44,10 +44,11 @@ notebooks: setup
 # Benchmarks (bench/README.md): the real numbers take ~65 min on 2 idle CPU cores and rewrite the tables;
 # bench-quick runs every script in a few steps (~10 min) to check they still run (`make test` runs an even
 # smaller quick mode of each: tests/test_bench.py). Run them on an idle machine.
-BENCH := train_throughput eval_throughput memory latency methods
+BENCH := train_throughput eval_throughput memory latency methods profile_step
 
 bench: setup
 	for b in $(BENCH); do $(PY) bench/$$b.py --write || exit 1; done
+	$(PY) bench/profile_step.py --lora-dropout 0 --write
 
 bench-quick: setup
 	for b in $(BENCH); do $(PY) bench/$$b.py --quick || exit 1; done

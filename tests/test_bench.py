@@ -67,6 +67,7 @@ SMOKE = {  # the CI mode of each script: the smallest sizes that still run every
     "memory.py": ["--steps", "1"],
     "latency.py": [],
     "methods.py": ["--methods", "lora"],
+    "profile_step.py": [],
 }
 ROWS = {  # what each table must show a row for
     "train_throughput.py": ["tutorial", "trl", "trl-fp32", "nbkit", "nbkit-bf16"],
@@ -74,6 +75,7 @@ ROWS = {  # what each table must show a row for
     "memory.py": ["lora fp32", "lora bf16 autocast", "lora bf16 weights", "qlora 4-bit"],
     "latency.py": ["`%load_ext nbkit`", "… nbkit's own time beyond generation"],
     "methods.py": ["zero-shot", "lora"],
+    "profile_step.py": ["matrix products", "LoRA products (rank 8)", "dropout masks (bernoulli)"],
 }
 
 
