@@ -80,7 +80,7 @@ def render(result: dict, quick: bool = False) -> str:
     for group in order:
         seconds = result["groups"].get(group, 0.0)
         lines.append(f"| {group} | {seconds:.2f} s | {seconds / result['total_seconds']:.0%} |")
-    cmd = "bench/profile_step.py" + "".join(f" {a}" for a in sys.argv[1:])
+    cmd = " ".join([".venv/bin/python bench/profile_step.py", *sys.argv[1:]])
     what = "quick check, not a result: " if quick else ""
     return ("\n".join(lines) + f"\n\n{what}nbkit.tune LoRA (dropout {tt.LORA['dropout']:g}) on `{result['dataset']}`, "
             f"batch {tt.BATCH}, "

@@ -672,13 +672,12 @@ def _head_on_targets(model, inputs: dict) -> dict:
 
 def _keeps_logits(model) -> bool:
     """Whether the (base) model takes ``logits_to_keep`` and computes transformers' causal-LM loss."""
-    import inspect
-
     from transformers.loss.loss_utils import ForCausalLMLoss
 
+    from .inference import _takes_logits_to_keep
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return ("logits_to_keep" in inspect.signature(base.forward).parameters
-            and getattr(base, "loss_function", None) is ForCausalLMLoss)
+    return _takes_logits_to_keep(base) and getattr(base, "loss_function", None) is ForCausalLMLoss
 
 
 class DevEvaluator:
