@@ -1,5 +1,5 @@
-"""The ``nbkit`` command: ``nbkit run NOTEBOOK -p key value …``, ``nbkit tune --config job.yaml``,
-``nbkit export RUN --merge`` and ``nbkit serve [--run RUN …]``."""
+"""The ``nbkit`` command: ``nbkit run NOTEBOOK -p key value …``, ``nbkit sweep NOTEBOOK -p key v1 v2 …``,
+``nbkit tune --config job.yaml``, ``nbkit export RUN --merge`` and ``nbkit serve [--run RUN …]``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,40 @@ def _run(args) -> int:
         print(f"\nevaluation on {info['data']} [{info['split']}], {info['rows']} rows, {info['scoring']}:")
         print(_table(report["results"], info["metrics"]))
     return 0
+
+
+def _sweep(args) -> int:
+    import math
+
+    from .errors import ConfigError
+    from .jobs import check_parameters, parse_value, sweep
+
+    grid = {}
+    for name, *values in args.parameter:
+        if name in grid:
+            raise ConfigError(name, "is given twice; list all its values after one -p")
+        if not values:
+            raise ConfigError(name, "has no values; give them after the name: -p lr 1e-4 3e-4")
+        grid[name] = [parse_value(v) for v in values]
+    check_parameters(args.notebook, grid)  # before saying how many jobs there will be
+    total = math.prod(len(v) for v in grid.values())
+    print(f"nbkit: sweeping {args.notebook} over {total} jobs"
+          + (f", {args.parallel} at a time" if args.parallel > 1 else ""), flush=True)
+
+    def finished(row):
+        values = " ".join(f"{k}={row[k]!r}" for k in grid)
+        where = f" in cell {row['cell']}" if row["cell"] is not None else ""
+        how = "ok" if row["status"] == "ok" else f"failed{where}: {row['error']}"
+        print(f"nbkit: [{row['job']}/{total}] {values}: {how} ({row['seconds']:.0f}s)", flush=True)
+
+    result = sweep(args.notebook, grid, jobs_dir=args.jobs_dir, parallel=args.parallel, kernel=args.kernel,
+                   on_job=finished)
+    print(f"\n{result.to_text()}\n")
+    print(f"nbkit: table saved as {result.path / 'sweep.csv'} and sweep.json; job folders in {result.path}")
+    failed = int((result.frame["status"] == "failed").sum())
+    if failed:
+        print(f"nbkit: {failed} of {total} jobs failed", file=sys.stderr)
+    return 0 if result.ok else 1
 
 
 def _tune(args) -> int:
@@ -78,6 +112,13 @@ def main(argv=None) -> int:
                      help="set a parameter of the notebook's parameters cell (repeatable)")
     run.add_argument("--jobs-dir", default="jobs", help="where job folders go (default ./jobs)")
     run.add_argument("--kernel", help="kernel name (default: this Python)")
+    swp = sub.add_parser("sweep", help="run a notebook once per combination of parameter values; one table")
+    swp.add_argument("notebook")
+    swp.add_argument("-p", "--parameter", nargs="+", action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a parameter and its values: -p lr 1e-4 3e-4 (repeatable; the jobs are the product)")
+    swp.add_argument("--parallel", type=int, default=1, metavar="N", help="run up to N jobs at once (default 1)")
+    swp.add_argument("--jobs-dir", default="jobs", help="where the sweep folder goes (default ./jobs)")
+    swp.add_argument("--kernel", help="kernel name (default: this Python)")
     tune = sub.add_parser("tune", help="train a job file written by %%tune --export (also under torchrun)")
     tune.add_argument("--config", required=True, help="the job file (.yaml)")
     tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -103,7 +144,7 @@ def main(argv=None) -> int:
     srv.add_argument("--max-batch", type=int, default=8, help="greedy prompts answered in one batch (8)")
     args = parser.parse_args(argv)
     try:
-        return {"run": _run, "tune": _tune, "export": _export, "serve": _serve}[args.command](args)
+        return {"run": _run, "sweep": _sweep, "tune": _tune, "export": _export, "serve": _serve}[args.command](args)
     except NbkitError as e:
         print(f"nbkit: error: {e}", file=sys.stderr)
         return 1
