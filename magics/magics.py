@@ -140,6 +140,11 @@ class NbkitMagics(Magics):
     @argument("--selection", default="random", choices=["random", "balanced", "nearest"],
               help="how the shots are drawn: random, balanced (each class in turn), or nearest (the training "
                    "examples most similar to the row, by sentence embedding)")
+    @argument("--retrieve", metavar="INDEX",
+              help="semantic search: fill {{ passages }} with the documents of INDEX (a variable holding "
+                   "nbkit.index(...), or a saved index directory) most similar to each row's question")
+    @argument("--k", type=int, default=3, help="with --retrieve: how many passages (default 3)")
+    @argument("--query", help="with --retrieve: the column to search with (default question, query or text)")
     @argument("--run", action="store_true", help="render and generate on --limit rows of --data")
     @argument("--data", help="data spec: sample:NAME, a file, hf:ID or a variable name")
     @argument("--split", default="test", help="split the --run rows come from (default test)")
@@ -165,9 +170,17 @@ class NbkitMagics(Magics):
         from nbkit.prompts import Prompt, register_prompt
 
         args = self._parse(self.prompt, line)
+        retrieve = None
+        if args.retrieve:
+            from nbkit.encoders import get_index
+
+            retrieve = str(get_index(args.retrieve, self.shell.user_ns).path)
+        elif args.k != 3 or args.query:
+            raise UsageError("--k and --query go with --retrieve")
         prompt = register_prompt(Prompt(
             cell, name=args.name, target=args.target, choices=_csv(args.choices),
-            system=args.system, shots=args.shots, selection=args.selection,
+            system=args.system, shots=args.shots, selection=args.selection, retrieve=retrieve, k=args.k,
+            query=args.query,
         ))
         if not args.run:
             variables = ", ".join(sorted(prompt.variables)) or "none"
@@ -182,12 +195,21 @@ class NbkitMagics(Magics):
         return self._bind(args.output, result)
 
     @magic_arguments()
-    @argument("--prompt", action="append", required=True,
-              help="name of the prompt to train on; repeat with --data for multi-task training")
+    @argument("--prompt", action="append",
+              help="name of the prompt to train on; repeat with --data for multi-task training "
+                   "(not with --task embedding)")
     @argument("--data", action="append", required=True,
               help="data spec whose train split is used; repeated, the n-th --data goes with the n-th --prompt")
     @argument("--weights", help="multi-task: comma-separated loss weight per task, e.g. 1,2 (default all 1)")
-    @argument("--model", default="smollm2-135m", help="base model spec (default smollm2-135m)")
+    @argument("--task", default="generation", choices=["generation", "classification", "embedding"],
+              help="generation (a decoder learns the target text, default); classification (an encoder with a "
+                   "head on the prompt's choices); embedding (an encoder, contrastive, on query/positive pairs)")
+    @argument("--pooling", help="--task embedding: mean, cls or lasttoken, for a model without a "
+                                "sentence-transformers pooling (a decoder, a bare BERT)")
+    @argument("--corpus", help="--task embedding: documents the pairs' positive/negative ids refer to "
+                               "(default the data's own, as sample:search has)")
+    @argument("--model",
+              help="base model spec (default smollm2-135m; minilm-l6 with --task classification/embedding)")
     @argument("--method", default="lora",
               help="lora, qlora, dora, ia3, prompt-tuning, p-tuning, prefix-tuning or full (see %%nbkit methods)")
     @argument("--epochs", type=float, default=3, help="passes over the data (default 3)")
@@ -233,6 +255,10 @@ class NbkitMagics(Magics):
         args = self._parse(self.tune, line)
         callbacks = _callbacks(args.progress)
         options = {name: getattr(args, name) for name in METHOD_OPTIONS}
+        if args.task != "generation":
+            return self._bind(args.output, self._tune_encoder(args, options, callbacks))
+        if not args.prompt:
+            raise UsageError("--prompt is needed: which prompt formats the data?")
         prompts = args.prompt if len(args.prompt) > 1 else args.prompt[0]
         datas = args.data if len(args.data) > 1 else args.data[0]
         run = tune(
@@ -249,11 +275,32 @@ class NbkitMagics(Magics):
                   f"(or torchrun --nproc-per-node N -m nbkit tune --config {run})")
         return self._bind(args.output, run)
 
+    def _tune_encoder(self, args, options, callbacks):
+        from nbkit.training import tune
+
+        extra = {k: v for k, v in (("pooling", args.pooling), ("corpus", args.corpus)) if v is not None}
+        if len(args.data) > 1 or (args.prompt and len(args.prompt) > 1):
+            raise UsageError(f"--task {args.task} trains on one --data (and one --prompt)")
+        return tune(
+            args.prompt[0] if args.prompt else None, args.data[0], task=args.task, model=args.model,
+            method=args.method, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
+            batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
+            warmup=args.warmup, seed=args.seed,
+            gradient_checkpointing=args.gradient_checkpointing, dev=_number_or_name(args.dev), name=args.name,
+            resume=args.resume, overwrite=args.overwrite, export=args.export, namespace=self.shell.user_ns,
+            callbacks=callbacks, **{k: v for k, v in options.items() if v is not None}, **extra,
+        )
+
     @magic_arguments()
     @argument("--prompt", action="append", help="a prompt to evaluate (repeatable)")
     @argument("--run", action="append", help="a run to evaluate: name, directory or variable (repeatable)")
     @argument("--data", help="data spec (default: the run's training data)")
     @argument("--split", default="test", help="split to evaluate on (default test)")
+    @argument("--task", choices=["retrieval"],
+              help="retrieval: the base encoder and --run embedding runs on a search data set (default "
+                   "sample:search): recall@1, recall@k, MRR, nDCG@k")
+    @argument("--k", type=int, default=10, help="--task retrieval: the cut-off of recall@k and nDCG@k (default 10)")
+    @argument("--corpus", help="--task retrieval: the documents searched (default the data's own)")
     @argument("--metric", action="append",
               help="with choices: accuracy, f1, precision, recall; free text: exact_match, token_f1, rouge1, "
                    "rouge2, rougeL, perplexity (repeatable; defaults: accuracy,f1 / exact_match,token_f1,rougeL)")
@@ -303,6 +350,8 @@ class NbkitMagics(Magics):
         args = self._parse(self.evaluate, line)
         if args.search and args.versus:
             raise UsageError("--search and --versus are two different things; give one")
+        if args.task and (args.search or args.versus):
+            raise UsageError("--task retrieval does not go with --search or --versus")
         if args.search:
             self._refuse(args, VERSUS_ONLY, "belongs to --versus")
             return self._bind(args.output, self._search(args))
@@ -312,6 +361,12 @@ class NbkitMagics(Magics):
         self._refuse(args, SEARCH_ONLY, "belongs to --search")
         self._refuse(args, SEARCH_OR_VERSUS, "belongs to --search or --versus")
         self._refuse(args, VERSUS_ONLY, "belongs to --versus")
+        if args.task == "retrieval":
+            self._refuse(args, ("prompt", "metric", "scoring", "base_url", "no_cache"), "does not go with --task retrieval")
+            report = evaluate(None, args.run, args.data, model=args.model, split=args.split, limit=args.limit,
+                              task="retrieval", k=args.k, corpus=args.corpus, namespace=self.shell.user_ns)
+            return self._bind(args.output, report)
+        self._refuse(args, ("k", "corpus"), "belongs to --task retrieval")
         report = evaluate(
             args.prompt, args.run, args.data, model=args.model, split=args.split, metric=args.metric,
             limit=args.limit, scoring=args.scoring, batch_size=args.batch_size, base_url=args.base_url,

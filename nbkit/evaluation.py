@@ -74,6 +74,13 @@ def _targets(prompts, runs, model, namespace, data=None) -> list[Target]:
         if not run.has_adapter():
             raise NbkitError(f"run {run.name!r} has no adapter (status: {run.status}); it did not finish training")
         config = run.config
+        if config.get("task") == "embedding":
+            raise ConfigError("run", f"{run.name!r} tuned an encoder for embeddings; evaluate it with "
+                              "--task retrieval (nbkit.evaluate(run=..., task='retrieval'))")
+        if config.get("task") == "classification":  # an encoder with a head: its own model, no adapter to swap
+            p = Prompt.from_dict(run.prompt)
+            targets.append(Target(f"{p.name} + {run.name}", p, run, config["model"], None))
+            continue
         if model and model != config.get("model"):
             raise ConfigError("model", f"is {model!r} but run {run.name!r} was trained on {config.get('model')!r}; "
                               "an adapter only fits the base model it was trained with")
@@ -110,6 +117,9 @@ def evaluate(
     cache: bool = True,
     concurrency: int = 8,
     namespace: Mapping[str, Any] | None = None,
+    task: str | None = None,
+    k: int = 10,
+    corpus: Any = None,
 ):
     """Evaluate prompts and tuned runs on one split; one row per target.
 
@@ -134,6 +144,10 @@ def evaluate(
         cache: answer API requests from the on-disk cache when the same request was sent before.
         concurrency: API requests in flight at once.
         namespace: where a data variable name is looked up.
+        task: ``retrieval`` compares the base encoder with embedding runs on a search data set
+            (``sample:search``): recall@1, recall@k, MRR and nDCG@k (``k``, over ``corpus``, default
+            the data's own documents). A classification run (an encoder with a head) needs no task:
+            it is scored like a prompt with choices, so both sit in one table.
 
     Returns:
         A :class:`nbkit.results.Report`.
@@ -141,6 +155,16 @@ def evaluate(
     import pandas as pd
 
     from .results import Report
+
+    if task not in (None, "retrieval"):
+        raise ConfigError("task", f"must be 'retrieval' or left out, got {task!r}")
+    if task == "retrieval":
+        if prompt:
+            raise ConfigError("prompt", "does not go with task='retrieval', which compares encoders (runs)")
+        from .encoders import evaluate_retrieval
+
+        return evaluate_retrieval(run, data if data is not None else "sample:search", model=model, corpus=corpus,
+                                  split=split, k=k, limit=limit, namespace=namespace)
 
     if scoring not in ("sum", "mean"):
         raise ConfigError("scoring", f"must be 'sum' or 'mean', got {scoring!r}")
@@ -176,6 +200,16 @@ def evaluate(
             frame, scoring_how[t.label], api_stats[t.label], failed = _predict_api(t, p, rows, train_rows, api_options)
             if failed:
                 errors[t.label] = failed
+        elif t.run is not None and t.run.config.get("task") == "classification":
+            from .encoders import predict_classifier
+
+            try:
+                frame = predict_classifier(t.run, p, rows)
+            except NbkitError:
+                raise
+            except Exception as e:
+                errors[t.label] = f"{type(e).__name__}: {e}"
+                continue
         else:
             try:
                 loaded = load_model(t.model, quantize=t.quantize)

@@ -127,3 +127,36 @@ COMPUTE: dict[str, Callable] = {
 def compute_metrics(frame, names: Sequence[str], labels: Sequence[str] | None = None) -> dict:
     """Metric values from a predictions frame (``output``, ``expected``, ``correct``, …)."""
     return {name: COMPUTE[name](frame, labels) for name in names}
+
+
+# -- retrieval: ranked document ids against the relevant ones (binary relevance) ------------------
+def reciprocal_rank(ranked: Sequence[str], relevant: Sequence[str], k: int | None = None) -> float:
+    """1 / the rank of the first relevant document within the top ``k`` (0 when none is there)."""
+    for rank, doc in enumerate(ranked[:k] if k else ranked, start=1):
+        if doc in relevant:
+            return 1.0 / rank
+    return 0.0
+
+
+def recall_at(ranked: Sequence[str], relevant: Sequence[str], k: int) -> float:
+    """The share of the relevant documents found in the top ``k``."""
+    return len(set(ranked[:k]) & set(relevant)) / len(set(relevant)) if relevant else float("nan")
+
+
+def ndcg_at(ranked: Sequence[str], relevant: Sequence[str], k: int) -> float:
+    """Normalised discounted cumulative gain at ``k``, gain 1 per relevant document."""
+    dcg = sum(1.0 / math.log2(rank + 1) for rank, doc in enumerate(ranked[:k], start=1) if doc in relevant)
+    ideal = sum(1.0 / math.log2(rank + 1) for rank in range(1, min(k, len(set(relevant))) + 1))
+    return dcg / ideal if ideal else float("nan")
+
+
+def retrieval_metrics(ranked: Sequence[Sequence[str]], relevant: Sequence[Sequence[str]], k: int = 10) -> dict:
+    """recall@1, recall@k, MRR (within the top 10, MRR@10, or k when larger) and nDCG@k, averaged over queries."""
+    cut = max(k, 10)
+    pairs = list(zip(ranked, relevant))
+    return {
+        "recall@1": _mean(recall_at(r, rel, 1) for r, rel in pairs),
+        f"recall@{k}": _mean(recall_at(r, rel, k) for r, rel in pairs),
+        "mrr": _mean(reciprocal_rank(r, rel, cut) for r, rel in pairs),
+        f"ndcg@{k}": _mean(ndcg_at(r, rel, k) for r, rel in pairs),
+    }

@@ -204,7 +204,7 @@ def resolve(spec: str) -> tuple[str, str]:
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         return spec, spec  # a hub id; transformers fetches it (online only)
     raise UnknownNameError(
-        "model", spec, EMBEDDED, "A model can also be a local directory or a hub id like org/name"
+        "model", spec, [*EMBEDDED, "minilm-l6"], "A model can also be a local directory or a hub id like org/name"
     )
 
 
@@ -279,23 +279,40 @@ def _peft_type_of(model) -> str:
 MODELS: dict[tuple, Model] = {}
 
 
-def load_model(spec: str = DEFAULT_MODEL, *, quantize: str | None = None, device: str = "auto", fresh: bool = False) -> Model:
-    """Load a causal language model and its tokenizer, once per session.
+def load_model(spec: str = DEFAULT_MODEL, *, quantize: str | None = None, device: str = "auto", fresh: bool = False,
+               pooling: str | None = None):
+    """Load a model and its tokenizer, once per session.
+
+    Decoders (causal language models) give a :class:`Model`; sentence encoders (``minilm-l6``,
+    the embedded all-MiniLM-L6-v2, or a BERT-style directory) give an
+    :class:`nbkit.encoders.EncoderModel` for embeddings and semantic search.
 
     Args:
-        spec: ``smollm2-135m`` (embedded), a local directory or a hub id.
+        spec: ``smollm2-135m`` (embedded decoder), ``minilm-l6`` (embedded encoder), a local
+            directory or a hub id.
         quantize: ``None``, ``"4bit"`` (bitsandbytes NF4 with double quantization) or ``"8bit"``.
         device: ``auto`` (CUDA, then MPS, then CPU), or a torch device string.
         fresh: load a new copy instead of the session's (training modifies its model).
+        pooling: encoders without a sentence-transformers ``modules.json``: ``mean``, ``cls`` or
+            ``lasttoken``, how token vectors become one sentence vector.
 
     Returns:
-        A :class:`Model`.
+        A :class:`Model`, or an :class:`nbkit.encoders.EncoderModel`.
     """
     quantization_config(quantize, "cpu")  # validate before anything heavy
     device = pick_device(device)
-    key = (spec, quantize, device)
+    key = (spec, quantize, device) + ((pooling,) if pooling else ())
     if not fresh and key in MODELS:
         return MODELS[key]
+    from .encoders import encoder_source, load_encoder_model
+
+    if encoder_source(spec) is not None or pooling:  # an encoder, or a decoder pooled into sentence vectors
+        if quantize:
+            raise ConfigError("quantize", f"{spec!r} is a sentence encoder; nbkit loads encoders unquantized")
+        loaded = load_encoder_model(spec, device, pooling)
+        if not fresh:
+            MODELS[key] = loaded
+        return loaded
     name, source = resolve(spec)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -52,6 +52,11 @@ class Prompt:
             (the training examples most similar to the row, by the embedded MiniLM sentence
             encoder's cosine similarity of the rendered instructions; the nearest is shown last).
         chat: use the tokenizer's chat template; ``None`` decides by the tokenizer.
+        retrieve: a saved semantic-search index (its directory, from :func:`nbkit.encoders.index`):
+            each row's ``{{ passages }}`` become the ``k`` documents most similar to its ``query``
+            column (default the first of ``question``, ``query``, ``text`` the row has), numbered.
+        k: how many passages ``retrieve`` puts in.
+        query: the column searched with ``retrieve``.
     """
 
     template: str
@@ -62,6 +67,9 @@ class Prompt:
     shots: int = 0
     chat: bool | None = None
     selection: str = "random"
+    retrieve: str | None = None
+    k: int = 3
+    query: str | None = None
     _compiled: Any = field(default=None, init=False, repr=False, compare=False)
     _compiled_target: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -83,6 +91,14 @@ class Prompt:
             if dupes:
                 raise ConfigError("choices", f"has duplicates: {', '.join(dupes)}")
         self._compiled = _compile(self.template, f"prompt {self.name!r}")
+        if self.retrieve is not None:
+            if not isinstance(self.retrieve, str):  # an Index object: keep where it is saved
+                self.retrieve = str(getattr(self.retrieve, "path", self.retrieve))
+            if "passages" not in _variables(self.template):
+                raise ConfigError("retrieve", f"is set but the template of prompt {self.name!r} has no "
+                                  "{{ passages }} to put the retrieved documents in")
+            if not isinstance(self.k, int) or self.k < 1:
+                raise ConfigError("k", f"must be a positive integer, got {self.k!r}")
         if self.target is not None:
             self._compiled_target = _compile(self.target, f"target of prompt {self.name!r}")
 
@@ -93,7 +109,15 @@ class Prompt:
         names = _variables(self.template)
         if self.target is not None:
             names |= _variables(self.target)
+        if self.retrieve is not None:  # filled in from the index, not read from the row
+            names.discard("passages")
+            names.add(self._query_column(names))
         return names
+
+    def _query_column(self, columns) -> str:
+        if self.query:
+            return self.query
+        return next((c for c in ("question", "query", "text") if c in columns), "question")
 
     def resolve_target(self, columns: Iterable[str]) -> "Prompt":
         """Return a prompt whose ``target`` is set, defaulting to ``{{ label }}``."""
@@ -119,7 +143,17 @@ class Prompt:
 
     # -- rendering ----------------------------------------------------------------
     def render(self, row: Mapping[str, Any]) -> str:
-        """The instruction for one row (no chat formatting, no shots)."""
+        """The instruction for one row (no chat formatting, no shots); with ``retrieve``, the passages
+        found for the row's query are put in ``{{ passages }}``."""
+        if self.retrieve is not None and "passages" not in row:
+            column = self._query_column(row)
+            if column not in row:
+                raise TemplateError(f"prompt {self.name!r} retrieves passages for the row's {column!r} column, "
+                                    f"which the row lacks; it has: {', '.join(sorted(row))} (set query=...)",
+                                    variable=column)
+            from .encoders import get_index
+
+            row = {**row, "passages": get_index(self.retrieve).passages(str(row[column]), self.k)}
         return self._render(self._compiled, row).strip()
 
     def render_target(self, row: Mapping[str, Any]) -> str:

@@ -147,7 +147,7 @@ def tune(
     prompt: Prompt | str | Sequence[Prompt | str],
     data: Any,
     *,
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
     method: str = "lora",
     epochs: float = 3,
     max_steps: int | None = None,
@@ -170,9 +170,14 @@ def tune(
     export: str | os.PathLike | None = None,
     namespace: Mapping[str, Any] | None = None,
     callbacks: Sequence[events.Callback] | None = None,
+    task: str = "generation",
     **options,
 ) -> Run:
     """Fine-tune ``model`` on ``data`` formatted by ``prompt``; the loss covers the target only.
+
+    With ``task="classification"`` or ``task="embedding"`` an encoder is tuned instead (see
+    :mod:`nbkit.encoders`): a classification head on the prompt's ``choices``, or contrastive
+    tuning on (query, positive[, negative]) pairs (no prompt needed).
 
     Args:
         prompt: a :class:`Prompt` or the name of a registered one; a list of them trains one
@@ -180,7 +185,7 @@ def tune(
         data: a data spec (see :func:`nbkit.load_data`); its ``train`` split is used. For
             multi-task training a list of specs, one per prompt (a single spec or a single
             prompt is used for every task). A list of dicts is one data set, not several.
-        model: base model spec.
+        model: base model spec (default ``smollm2-135m``; ``minilm-l6`` for the encoder tasks).
         method: ``lora``, ``qlora``, ``dora``, ``ia3``, ``prompt-tuning``, ``p-tuning``, ``prefix-tuning``
             or ``full`` (see ``nbkit.methods.available_methods()``).
         epochs, max_steps, lr, batch_size, grad_accum, max_length, warmup, seed: training settings.
@@ -202,6 +207,8 @@ def tune(
             Data held in notebook variables is written beside it.
         namespace: where data given as a variable name is looked up.
         callbacks: progress subscribers; default prints a few plain lines.
+        task: ``generation`` (the default: a decoder learns the target text), ``classification``
+            (an encoder with a head) or ``embedding`` (an encoder, contrastive).
         **options: method options (``r``, ``alpha``, ``dropout``, ``target_modules``, ``virtual_tokens``, …;
             ``%nbkit methods`` lists them).
 
@@ -215,6 +222,16 @@ def tune(
         ConfigError, UnknownNameError, TemplateError, DataError: before any model loads.
         TrainingInterrupted, TrainingFailed: the run is marked so and kept.
     """
+    if task != "generation":
+        return _tune_encoder(task, prompt, data, model=model, method=method, epochs=epochs, lr=lr,
+                             batch_size=batch_size, max_length=max_length, warmup=warmup, seed=seed, name=name,
+                             overwrite=overwrite, namespace=namespace, callbacks=callbacks, options=options,
+                             unsupported={"max_steps": max_steps, "grad_accum": grad_accum != 1, "dev": dev,
+                                          "resume": resume, "export": export, "weights": weights,
+                                          "gradient_checkpointing": gradient_checkpointing})
+    if prompt is None:
+        raise ConfigError("prompt", "is needed: which prompt formats the data? (only --task embedding goes without)")
+    model = model or DEFAULT_MODEL
     prompts, datas = _pair_tasks(prompt, data)
     prompts = [get_prompt(p) for p in prompts]
     specs = [d if isinstance(d, str) else f"<{type(d).__name__}>" for d in datas]
@@ -317,6 +334,39 @@ def tune(
     _finish(run, emit, bridge, "completed")
     RUNS[run.name] = run
     return run
+
+
+TASKS = ("generation", "classification", "embedding")
+ENCODER_OPTIONS = {"classification": ("r", "alpha", "dropout", "target_modules"),
+                   "embedding": ("r", "alpha", "dropout", "target_modules", "pooling", "corpus", "scale")}
+
+
+def _tune_encoder(task, prompt, data, *, model, options, unsupported, callbacks, **settings) -> Run:
+    """``task="classification"`` / ``"embedding"``: tune an encoder (:mod:`nbkit.encoders`)."""
+    from . import encoders
+    from .embeddings import DEFAULT_ENCODER
+
+    if task not in TASKS:
+        raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {task!r}")
+    given = [k for k, v in unsupported.items() if v]
+    if given:
+        raise ConfigError(given[0], f"is not supported with task={task!r} (encoder tuning)")
+    unknown = sorted(set(options) - set(ENCODER_OPTIONS[task]))
+    if unknown:
+        raise ConfigError(unknown[0], f"is not an option of task={task!r}; options: {', '.join(ENCODER_OPTIONS[task])}")
+    if isinstance(options.get("target_modules"), str):
+        options["target_modules"] = [m.strip() for m in options["target_modules"].split(",") if m.strip()]
+    model = model or DEFAULT_ENCODER
+    callbacks = list(callbacks) if callbacks is not None else [events.PlainProgress()]
+    if task == "embedding":
+        if prompt is not None:
+            raise ConfigError("prompt", "is not used by task='embedding': it trains on (query, positive) pairs")
+        return encoders.tune_embedding(data, model=model, callbacks=callbacks, **settings, **options)
+    if prompt is None:
+        raise ConfigError("prompt", "is needed with task='classification': its choices are the labels")
+    if isinstance(prompt, (list, tuple)):
+        raise ConfigError("prompt", "task='classification' trains one head on one prompt")
+    return encoders.tune_classifier(prompt, data, model=model, callbacks=callbacks, **settings, **options)
 
 
 @dataclass
