@@ -21,6 +21,7 @@ from .api import is_api_model
 from .models import DEFAULT_MODEL, load_model
 from .prompts import Prompt, get_prompt
 from .runs import Run, get_run
+from .seq2seq import is_seq2seq, predict as seq2seq_predict
 
 
 
@@ -190,6 +191,8 @@ def evaluate(
         p = t.prompt.resolve_target(splits[split].column_names)
         p.check(splits[split].column_names)
         names = _metrics_for(p, metric)
+        if "perplexity" in names and is_seq2seq(t.model):
+            raise ConfigError("metric", "perplexity is for decoders; an encoder-decoder is scored on its generations")
         metric_names += [m for m in names if m not in metric_names]
         prepared.append((t, p, names))
 
@@ -205,6 +208,14 @@ def evaluate(
 
             try:
                 frame = predict_classifier(t.run, p, rows)
+            except NbkitError:
+                raise
+            except Exception as e:
+                errors[t.label] = f"{type(e).__name__}: {e}"
+                continue
+        elif is_seq2seq(t.model):  # T5, BART: greedy text-to-text generation
+            try:
+                frame = seq2seq_predict(t.model, t.adapter, p, rows, batch_size=max(1, batch_size // 2))
             except NbkitError:
                 raise
             except Exception as e:

@@ -232,6 +232,15 @@ def tune(
     if prompt is None:
         raise ConfigError("prompt", "is needed: which prompt formats the data? (only --task embedding goes without)")
     model = model or DEFAULT_MODEL
+    from .seq2seq import is_seq2seq
+
+    if is_seq2seq(model):  # T5, BART: text-to-text tuning (nbkit.seq2seq)
+        return _tune_seq2seq(prompt, data, model=model, method=method, epochs=epochs, lr=lr, batch_size=batch_size,
+                             max_length=max_length, warmup=warmup, seed=seed, name=name, overwrite=overwrite,
+                             namespace=namespace, callbacks=callbacks, options=options,
+                             unsupported={"max_steps": max_steps, "grad_accum": grad_accum != 1, "dev": dev,
+                                          "resume": resume, "export": export, "weights": weights,
+                                          "gradient_checkpointing": gradient_checkpointing})
     prompts, datas = _pair_tasks(prompt, data)
     prompts = [get_prompt(p) for p in prompts]
     specs = [d if isinstance(d, str) else f"<{type(d).__name__}>" for d in datas]
@@ -367,6 +376,24 @@ def _tune_encoder(task, prompt, data, *, model, options, unsupported, callbacks,
     if isinstance(prompt, (list, tuple)):
         raise ConfigError("prompt", "task='classification' trains one head on one prompt")
     return encoders.tune_classifier(prompt, data, model=model, callbacks=callbacks, **settings, **options)
+
+
+def _tune_seq2seq(prompt, data, *, options, unsupported, callbacks, **settings) -> Run:
+    from .seq2seq import tune_seq2seq
+
+    given = [k for k, v in unsupported.items() if v]
+    if given:
+        raise ConfigError(given[0], "is not supported for encoder-decoder models yet")
+    allowed = ("r", "alpha", "dropout", "target_modules")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(unknown[0], f"is not an option for encoder-decoder models; options: {', '.join(allowed)}")
+    if isinstance(options.get("target_modules"), str):
+        options["target_modules"] = [m.strip() for m in options["target_modules"].split(",") if m.strip()]
+    if isinstance(prompt, (list, tuple)):
+        raise ConfigError("prompt", "multi-task training is for decoders; give one prompt")
+    callbacks = list(callbacks) if callbacks is not None else [events.PlainProgress()]
+    return tune_seq2seq(prompt, data, callbacks=callbacks, **settings, **options)
 
 
 @dataclass
