@@ -614,10 +614,12 @@ def _train_loop(run, emit, model, params, batches_per_epoch, epochs, lr, warmup,
             "total_parameters": total, "examples": cfg["examples"]}, started
 
 
-def _new_run(name: str, overwrite: bool):
+def _new_run(name: str | None, overwrite: bool, default: str):
+    """The run directory: ``name``, or ``default`` numbered if taken (as decoder runs are)."""
     from .runs import RUNS, Run
+    from .training import _free_name
 
-    run = Run.create(name, overwrite=overwrite)
+    run = Run.create(name or _free_name(default), overwrite=overwrite)
     RUNS[run.name] = run
     return run
 
@@ -665,9 +667,9 @@ def tune_embedding(data: Any, *, model: str = "minilm-l6", method: str = "lora",
         raise ConfigError("task", f"embedding needs a sentence encoder; {model!r} is a {getattr(loaded, 'kind', 'decoder')} "
                           "model. Give --model minilm-l6, an encoder directory, or --pooling mean|lasttoken to pool "
                           "a decoder's token vectors")
-    name = name or f"{Path(str(data)).name.replace('sample:', '')}-embedding-{method}"
+    default = f"{str(data).replace('sample:', '') if isinstance(data, str) else 'data'}-embedding-{method}"
     lr = lr or (2e-4 if method == "lora" else 2e-5)
-    run = _new_run(name, overwrite)
+    run = _new_run(name, overwrite, Path(default).name)
     student = _sentence_transformer(str(_source(model)), loaded.device, pooling)
     student.max_seq_length = max_length
     if method == "lora":
@@ -780,8 +782,7 @@ def tune_classifier(prompt, data: Any, *, model: str = "minilm-l6", method: str 
     texts = [prompt.render(row) for row in train]
     device = pick_device("auto")
     lr = lr or (5e-4 if method == "lora" else 5e-5)
-    name = name or f"{prompt.name}-{Path(model).name}-classifier"
-    run = _new_run(name, overwrite)
+    run = _new_run(name, overwrite, f"{prompt.name}-{Path(model).name}-classifier")
     net = _classifier(source, prompt.choices).to(device)
     if method == "lora":
         from peft import get_peft_model

@@ -108,8 +108,7 @@ def tune_seq2seq(prompt, data: Any, *, model: str, method: str = "lora", epochs:
         net = get_peft_model(net, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="SEQ_2_SEQ_LM",
                                              target_modules=targets))
     lr = lr or (1e-3 if method == "lora" else 1e-4)
-    name = name or f"{prompt.name}-{method}"
-    run = _new_run(name, overwrite)
+    run = _new_run(name, overwrite, f"{prompt.name}-{method}")
     cfg = {"task": "generation", "architecture": "seq2seq", "model": model, "method": method, "epochs": epochs,
            "lr": lr, "batch_size": batch_size, "warmup": warmup, "seed": seed, "max_length": max_length,
            "target_length": target_length, "data": data if isinstance(data, str) else f"<{type(data).__name__}>",
