@@ -670,6 +670,9 @@ def tune_embedding(data: Any, *, model: str = "minilm-l6", method: str = "lora",
     default = f"{str(data).replace('sample:', '') if isinstance(data, str) else 'data'}-embedding-{method}"
     lr = lr or (2e-4 if method == "lora" else 2e-5)
     run = _new_run(name, overwrite, Path(default).name)
+    from transformers import set_seed
+
+    set_seed(seed)  # before the head and the LoRA weights are initialised: same seed, same run
     student = _sentence_transformer(str(_source(model)), loaded.device, pooling)
     student.max_seq_length = max_length
     if method == "lora":
@@ -783,6 +786,9 @@ def tune_classifier(prompt, data: Any, *, model: str = "minilm-l6", method: str 
     device = pick_device("auto")
     lr = lr or (5e-4 if method == "lora" else 5e-5)
     run = _new_run(name, overwrite, f"{prompt.name}-{Path(model).name}-classifier")
+    from transformers import set_seed
+
+    set_seed(seed)  # before the head and the LoRA weights are initialised: same seed, same run
     net = _classifier(source, prompt.choices).to(device)
     if method == "lora":
         from peft import get_peft_model

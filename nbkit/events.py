@@ -159,7 +159,8 @@ class PlainProgress(Callback):
             self._next += 1 / self.lines
         self._print(
             f"  step {e.step}/{e.total_steps}  epoch {e.epoch:.2f}  loss {e.loss:.4f}  "
-            f"{e.tokens_per_second:.0f} tok/s  elapsed {fmt_seconds(e.elapsed)}  eta {fmt_seconds(e.eta)}"
+            + (f"{e.tokens_per_second:.0f} tok/s  " if e.tokens_per_second else "")  # encoder loops do not count
+            + f"elapsed {fmt_seconds(e.elapsed)}  eta {fmt_seconds(e.eta)}"
             + (f"  ({task_loss_text(e.task_losses)})" if e.task_losses else "")
         )
 

@@ -96,6 +96,9 @@ def tune_seq2seq(prompt, data: Any, *, model: str, method: str = "lora", epochs:
                           "the rendered input alone")
     device = pick_device("auto")
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import set_seed
+
+    set_seed(seed)  # before the head and the LoRA weights are initialised: same seed, same run
 
     with _quiet():
         net = AutoModelForSeq2SeqLM.from_pretrained(model)

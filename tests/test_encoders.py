@@ -201,3 +201,14 @@ def test_encoder_classifier_and_prompted_decoder_in_one_table(ip, intent_prompt)
     assert list(table.index) == ["intent", "intent + intent-minilm"]
     assert table.loc["intent + intent-minilm", "accuracy"] > 0.5  # four classes: chance is 0.25
     assert {"accuracy", "f1"} <= set(table.columns)
+
+
+def test_same_seed_same_embedding_run():
+    from safetensors.torch import load_file
+
+    from nbkit import tune
+
+    rows = [{"query": f"how do I fix problem {i}", "positive": f"Fix for problem {i}: restart step {i}"} for i in range(20)]
+    runs = [tune(None, rows, task="embedding", epochs=1, batch_size=8, name=f"same-{n}", callbacks=[]) for n in (1, 2)]
+    a, b = (load_file(str(r.adapter_path / "adapter_model.safetensors")) for r in runs)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
