@@ -30,7 +30,7 @@ demo: setup
 	$(VENV)/bin/nbkit run notebooks/00_quickstart.ipynb --jobs-dir build/jobs
 
 test: setup
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=40
 
 test-fast: setup
 	$(PY) -m pytest -ra -m "not slow and not browser"
