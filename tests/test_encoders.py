@@ -212,3 +212,21 @@ def test_same_seed_same_embedding_run():
     runs = [tune(None, rows, task="embedding", epochs=1, batch_size=8, name=f"same-{n}", callbacks=[]) for n in (1, 2)]
     a, b = (load_file(str(r.adapter_path / "adapter_model.safetensors")) for r in runs)
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.mark.slow
+def test_a_decoder_pooled_into_sentence_vectors_tunes_contrastively():
+    """--task embedding on a decoder works once a pooling is chosen (here mean over SmolLM2's tokens)."""
+    import torch
+
+    from nbkit import load_model, tune
+    from nbkit.encoders import EncoderModel
+
+    pooled = load_model("smollm2-135m", pooling="mean")
+    assert isinstance(pooled, EncoderModel) and pooled.dimension == 576
+    assert torch.allclose(pooled.encode(["hello there"]).norm(dim=1), torch.ones(1), atol=1e-5)
+    rows = [{"query": f"how do I fix problem {i}", "positive": f"Fix for problem {i}: restart step {i}"} for i in range(10)]
+    run = tune(None, rows, task="embedding", model="smollm2-135m", pooling="mean", epochs=1, batch_size=4,
+               target_modules="q_proj,v_proj", callbacks=[])
+    assert run.status == "completed" and run.config["pooling"] == "mean"
+    assert not torch.allclose(pooled.encode(["hello there"], run=run), pooled.encode(["hello there"]))
