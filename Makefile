@@ -35,9 +35,10 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -ra -m "not slow and not browser"
 
-# Re-execute the documentation notebooks in place (their saved outputs are what nbval compares).
+# Re-execute the documentation notebooks in place (their saved outputs are what nbval compares), each with
+# an empty runs folder as nbval's runs have (a taken run name would be numbered and differ).
 notebooks: setup
-	cd notebooks && for nb in *.ipynb; do \
+	cd notebooks && for nb in *.ipynb; do rm -rf $(CURDIR)/build/notebook-runs; \
 		NBKIT_PROGRESS=plain NBKIT_RUNS_DIR=$(CURDIR)/build/notebook-runs \
 		../$(PY) -m papermill --no-progress-bar $$nb $$nb || exit 1; done
 

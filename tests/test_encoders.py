@@ -225,8 +225,8 @@ def test_a_decoder_pooled_into_sentence_vectors_tunes_contrastively():
     pooled = load_model("smollm2-135m", pooling="mean")
     assert isinstance(pooled, EncoderModel) and pooled.dimension == 576
     assert torch.allclose(pooled.encode(["hello there"]).norm(dim=1), torch.ones(1), atol=1e-5)
-    rows = [{"query": f"how do I fix problem {i}", "positive": f"Fix for problem {i}: restart step {i}"} for i in range(10)]
-    run = tune(None, rows, task="embedding", model="smollm2-135m", pooling="mean", epochs=1, batch_size=4,
+    rows = [{"query": f"fix problem {i}", "positive": f"Fix {i}: restart"} for i in range(5)]
+    run = tune(None, rows, task="embedding", model="smollm2-135m", pooling="mean", epochs=1, batch_size=2,
                target_modules="q_proj,v_proj", callbacks=[])
     assert run.status == "completed" and run.config["pooling"] == "mean"
     assert not torch.allclose(pooled.encode(["hello there"], run=run), pooled.encode(["hello there"]))
