@@ -813,15 +813,22 @@ def tune_classifier(prompt, data: Any, *, model: str = "minilm-l6", method: str 
                         return_tensors="pt").to(device)
         return net(**enc, labels=torch.tensor([y for _, y in batch], device=device)).loss
 
-    emit = _emitter(callbacks)
-    metrics, started = _train_loop(
-        run, emit, net, params, math.ceil(len(examples) / batch_size), epochs, lr, warmup, seed, loss_of,
-        {**cfg, "examples": len(examples), "batches": lambda epoch: _batches(examples, batch_size, seed + epoch)},
-        sum(p.numel() for p in net.parameters()))
+    return train_and_save(run, net, tokenizer, params, examples, loss_of, cfg, callbacks)
+
+
+def train_and_save(run, net, tokenizer, params, examples: list, loss_of, cfg: dict, callbacks):
+    """Train ``net`` on shuffled batches of ``examples`` (the classifier's and seq2seq's loop), then save
+    its adapter, or with ``method == "full"`` the whole model and ``tokenizer``; the finished run."""
     from .models import _quiet
 
+    emit = _emitter(callbacks)
+    size, seed = cfg["batch_size"], cfg["seed"]
+    metrics, started = _train_loop(
+        run, emit, net, params, math.ceil(len(examples) / size), cfg["epochs"], cfg["lr"], cfg["warmup"], seed,
+        loss_of, {**cfg, "examples": len(examples), "batches": lambda epoch: _batches(examples, size, seed + epoch)},
+        sum(p.numel() for p in net.parameters()))
     with _quiet():
-        run.save_adapter(net, tokenizer if method == "full" else None)
+        run.save_adapter(net, tokenizer if cfg["method"] == "full" else None)
     _finish(run, emit, metrics, started)
     return run
 

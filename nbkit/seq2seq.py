@@ -14,7 +14,6 @@ initialised T5 built from a config.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -76,7 +75,7 @@ def tune_seq2seq(prompt, data: Any, *, model: str, method: str = "lora", epochs:
     import torch
 
     from .data import load_data
-    from .encoders import _batches, _emitter, _finish, _new_run, _train_loop
+    from .encoders import _new_run, train_and_save
     from .models import _quiet, pick_device
     from .prompts import get_prompt
     from .runs import write_json
@@ -132,15 +131,7 @@ def tune_seq2seq(prompt, data: Any, *, model: str, method: str = "lora", epochs:
         labels[labels == tokenizer.pad_token_id] = -100  # padding is not a target
         return net(**enc.to(device), labels=labels.to(device)).loss
 
-    emit = _emitter(callbacks)
-    metrics, started = _train_loop(
-        run, emit, net, params, math.ceil(len(examples) / batch_size), epochs, lr, warmup, seed, loss_of,
-        {**cfg, "examples": len(examples), "batches": lambda epoch: _batches(examples, batch_size, seed + epoch)},
-        sum(p.numel() for p in net.parameters()))
-    with _quiet():
-        run.save_adapter(net, tokenizer if method == "full" else None)
-    _finish(run, emit, metrics, started)
-    return run
+    return train_and_save(run, net, tokenizer, params, examples, loss_of, cfg, callbacks)
 
 
 def _default_targets(model) -> list[str]:

@@ -214,7 +214,6 @@ def test_same_seed_same_embedding_run():
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
-@pytest.mark.slow
 def test_a_decoder_pooled_into_sentence_vectors_tunes_contrastively():
     """--task embedding on a decoder works once a pooling is chosen (here mean over SmolLM2's tokens)."""
     import torch
