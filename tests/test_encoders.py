@@ -57,6 +57,22 @@ def test_load_model_gives_the_embedded_encoder_with_unit_vectors(minilm):
     assert similarity[0, 1] > similarity[0, 2] + 0.2  # the paraphrase is nearer than the unrelated text
 
 
+def test_an_encoder_directory_loads_like_the_embedded_one(minilm, tmp_path):
+    import shutil
+
+    import torch
+
+    from nbkit import load_model
+    from nbkit.embeddings import encoder_path
+    from nbkit.encoders import EncoderModel
+
+    folder = tmp_path / "my-encoder"
+    shutil.copytree(encoder_path("minilm-l6"), folder)
+    local = load_model(str(folder))
+    assert isinstance(local, EncoderModel) and local.name == str(folder)
+    assert torch.allclose(local.encode(["where is my parcel"]), minilm.encode(["where is my parcel"]), atol=1e-6)
+
+
 def test_model_family_comes_from_the_config(tmp_path):
     from nbkit.embeddings import encoder_path
     from nbkit.encoders import encoder_source, family

@@ -108,14 +108,18 @@ def test_rl_search_learns_which_edits_pay_and_beats_the_hand_written_prompt(ip):
 
 
 @pytest.mark.slow
-def test_gradient_search_lowers_the_label_loss_and_reports_what_it_found():
+def test_gradient_search_lowers_the_label_loss_and_reports_what_it_found(ip):
     """AutoPrompt's trigger tokens lower the label loss on the rows they are fitted on by construction
     (a swap is kept only when it does); whether that carries over to dev rows is reported, not
     assumed: on 32 dev rows it went 0.375 -> 0.406 on sample:intent and 0.625 -> 0.563 on
-    sample:sentiment (3 triggers, 3 steps)."""
-    p = Prompt("Which team should handle this customer message?\nMessage: {{ text }}\nTeam:", name="intent-ap",
-               target="{{ label }}", choices=["refund", "delivery", "account", "other"])
-    report = nbkit.search_prompts(p, "sample:intent", strategy="gradient", triggers=2, steps=2, dev=16)
+    sample:sentiment (3 triggers, 3 steps). Run through the magic (%evaluate --search --strategy
+    gradient), which calls nbkit.search_prompts; the refusal below goes to the API directly."""
+    ip.run_cell_magic("prompt", 'intent-ap --target "{{ label }}" --choices refund,delivery,account,other',
+                      "Which team should handle this customer message?\nMessage: {{ text }}\nTeam:")
+    p = PROMPTS["intent-ap"]
+    report = ip.run_line_magic("evaluate", "--search --strategy gradient --triggers 2 --steps 2 --dev 16 "
+                                           "--prompt intent-ap --data sample:intent -o found")
+    assert ip.user_ns["found"] is report and report.info["strategy"] == "gradient"
     history = report.info["history"]
     assert [h["step"] for h in history] == [1, 2] and [h["position"] for h in history] == [0, 1]
     assert all(h["loss_after"] <= h["loss_before"] for h in history)
