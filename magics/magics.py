@@ -254,15 +254,13 @@ class NbkitMagics(Magics):
 
         args = self._parse(self.tune, line)
         callbacks = _callbacks(args.progress)
-        options = {name: getattr(args, name) for name in METHOD_OPTIONS}
-        if args.task != "generation":
-            return self._bind(args.output, self._tune_encoder(args, options, callbacks))
-        if not args.prompt:
+        options = {name: getattr(args, name) for name in METHOD_OPTIONS + ("pooling", "corpus")}
+        if args.task == "generation" and not args.prompt:
             raise UsageError("--prompt is needed: which prompt formats the data?")
-        prompts = args.prompt if len(args.prompt) > 1 else args.prompt[0]
+        prompts = args.prompt[0] if args.prompt and len(args.prompt) == 1 else args.prompt
         datas = args.data if len(args.data) > 1 else args.data[0]
         run = tune(
-            prompts, datas, weights=_weights(args.weights), model=args.model, method=args.method, epochs=args.epochs,
+            prompts, datas, task=args.task, weights=_weights(args.weights), model=args.model, method=args.method, epochs=args.epochs,
             max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
             max_length=args.max_length, warmup=args.warmup, seed=args.seed, precision=args.precision,
             gradient_checkpointing=args.gradient_checkpointing, dev=_number_or_name(args.dev),
@@ -274,22 +272,6 @@ class NbkitMagics(Magics):
             print(f"wrote {run}; run it with: nbkit tune --config {run}  "
                   f"(or torchrun --nproc-per-node N -m nbkit tune --config {run})")
         return self._bind(args.output, run)
-
-    def _tune_encoder(self, args, options, callbacks):
-        from nbkit.training import tune
-
-        extra = {k: v for k, v in (("pooling", args.pooling), ("corpus", args.corpus)) if v is not None}
-        if len(args.data) > 1 or (args.prompt and len(args.prompt) > 1):
-            raise UsageError(f"--task {args.task} trains on one --data (and one --prompt)")
-        return tune(
-            args.prompt[0] if args.prompt else None, args.data[0], task=args.task, model=args.model,
-            method=args.method, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
-            batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
-            warmup=args.warmup, seed=args.seed,
-            gradient_checkpointing=args.gradient_checkpointing, dev=_number_or_name(args.dev), name=args.name,
-            resume=args.resume, overwrite=args.overwrite, export=args.export, namespace=self.shell.user_ns,
-            callbacks=callbacks, **{k: v for k, v in options.items() if v is not None}, **extra,
-        )
 
     @magic_arguments()
     @argument("--prompt", action="append", help="a prompt to evaluate (repeatable)")

@@ -61,24 +61,47 @@ def family(source: str | os.PathLike) -> str:
     return "encoder" if architectures and not data.get("is_decoder") else "decoder"
 
 
+def family_of(spec: str) -> str:
+    """``encoder``, ``seq2seq`` or ``decoder`` for a model spec: the embedded models by name, a directory
+    and a hub id (online, or in the hub cache) by their ``config.json``; anything else is a decoder."""
+    from .embeddings import ENCODERS
+    from .models import EMBEDDED
+
+    spec = str(spec)
+    if spec in ENCODERS:
+        return "encoder"
+    if spec in EMBEDDED:
+        return "decoder"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return family(path)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return family(Path(hf_hub_download(spec, "config.json")).parent)
+        except Exception:  # offline and not cached, or not a model: nbkit's default family
+            return "decoder"
+    return "decoder"
+
+
 def encoder_source(spec: str) -> Path | None:
-    """The directory of ``spec`` when it is an encoder (the embedded one or a local folder), else None."""
+    """The directory of ``spec`` when it is an encoder (the embedded one, a local folder, a hub id), else None."""
     from .embeddings import ENCODERS, encoder_path
 
     if spec in ENCODERS:
         return encoder_path(spec)
+    if family_of(spec) != "encoder":
+        return None
     path = Path(spec).expanduser()
     if path.is_dir():
-        return path if family(path) == "encoder" else None
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):  # a hub id: its config says which family (online, or cached)
-        try:
-            from huggingface_hub import hf_hub_download, snapshot_download
+        return path
+    try:  # a hub encoder: its files (online, or cached)
+        from huggingface_hub import snapshot_download
 
-            if family(Path(hf_hub_download(spec, "config.json")).parent) == "encoder":
-                return Path(snapshot_download(spec))
-        except Exception:  # offline and not cached, or not a model: not an encoder we can load
-            return None
-    return None
+        return Path(snapshot_download(spec))
+    except Exception:
+        return None
 
 
 # -- the loaded encoder ------------------------------------------------------------------------
@@ -650,7 +673,7 @@ def tune_embedding(data: Any, *, model: str = "minilm-l6", method: str = "lora",
     import torch
 
     from .data import load_data
-    from .models import load_model, pick_device
+    from .models import pick_device, resolve
     from .runs import write_json
 
     _check_common(method, epochs, batch_size, lr)
@@ -662,18 +685,19 @@ def tune_embedding(data: Any, *, model: str = "minilm-l6", method: str = "lora",
     examples = pairs(list(splits["train"]), docs, f"the train split of {what}")
     if any(p is None for _, p, _ in examples):
         raise DataError(f"the train split of {what} has a row without a positive")
-    loaded = load_model(model, device=pick_device("auto"), pooling=pooling)
-    if not isinstance(loaded, EncoderModel):
-        raise ConfigError("task", f"embedding needs a sentence encoder; {model!r} is a {getattr(loaded, 'kind', 'decoder')} "
+    if encoder_source(model) is None and pooling is None:
+        resolve(model)  # an unknown name is that error, not this one
+        raise ConfigError("task", f"embedding needs a sentence encoder; {model!r} is a {family_of(model)} "
                           "model. Give --model minilm-l6, an encoder directory, or --pooling mean|lasttoken to pool "
                           "a decoder's token vectors")
+    device = pick_device("auto")
     default = f"{str(data).replace('sample:', '') if isinstance(data, str) else 'data'}-embedding-{method}"
     lr = lr or (2e-4 if method == "lora" else 2e-5)
     run = _new_run(name, overwrite, Path(default).name)
     from transformers import set_seed
 
     set_seed(seed)  # before the head and the LoRA weights are initialised: same seed, same run
-    student = _sentence_transformer(str(_source(model)), loaded.device, pooling)
+    student = _sentence_transformer(str(_source(model)), device, pooling)
     student.max_seq_length = max_length
     if method == "lora":
         from peft import get_peft_model

@@ -191,42 +191,22 @@ def evaluate(
         p = t.prompt.resolve_target(splits[split].column_names)
         p.check(splits[split].column_names)
         names = _metrics_for(p, metric)
-        if "perplexity" in names and is_seq2seq(t.model):
+        seq2seq = not is_api_model(t.model) and is_seq2seq(t.model)
+        if "perplexity" in names and seq2seq:
             raise ConfigError("metric", "perplexity is for decoders; an encoder-decoder is scored on its generations")
         metric_names += [m for m in names if m not in metric_names]
-        prepared.append((t, p, names))
+        prepared.append((t, p, names, seq2seq))
 
     results, predictions, errors, seconds, api_stats, scoring_how = {}, {}, {}, {}, {}, {}
-    for t, p, names in prepared:
+    for t, p, names, seq2seq in prepared:
         started = time.monotonic()
         if is_api_model(t.model):  # rows answered before a failure are kept, the failure reported
             frame, scoring_how[t.label], api_stats[t.label], failed = _predict_api(t, p, rows, train_rows, api_options)
             if failed:
                 errors[t.label] = failed
-        elif t.run is not None and t.run.config.get("task") == "classification":
-            from .encoders import predict_classifier
-
-            try:
-                frame = predict_classifier(t.run, p, rows)
-            except NbkitError:
-                raise
-            except Exception as e:
-                errors[t.label] = f"{type(e).__name__}: {e}"
-                continue
-        elif is_seq2seq(t.model):  # T5, BART: greedy text-to-text generation
-            try:
-                frame = seq2seq_predict(t.model, t.adapter, p, rows, batch_size=max(1, batch_size // 2))
-            except NbkitError:
-                raise
-            except Exception as e:
-                errors[t.label] = f"{type(e).__name__}: {e}"
-                continue
         else:
             try:
-                loaded = load_model(t.model, quantize=t.quantize)
-                with loaded.adapter(t.adapter) as lm:
-                    frame = _predict(lm, loaded.tokenizer, p, rows, train_rows, scoring, batch_size,
-                                     perplexity="perplexity" in names)
+                frame = _predict_local(t, p, rows, train_rows, scoring, batch_size, names, seq2seq)
             except NbkitError:
                 raise
             except Exception as e:  # keep the finished targets; report this one
@@ -240,16 +220,31 @@ def evaluate(
     info = {
         "data": data if isinstance(data, str) else f"<{type(data).__name__}>", "split": split, "rows": len(rows),
         "metrics": metric_names, "errors": errors, "seconds": seconds,
-        "labels": {t.label: p.choices for t, p, _ in prepared if p.choices and t.label in results},
-        "scoring": f"label log-likelihood ({scoring})" if any(p.choices for _, p, _ in prepared) else "greedy generation",
+        "labels": {t.label: p.choices for t, p, *_ in prepared if p.choices and t.label in results},
+        "scoring": f"label log-likelihood ({scoring})" if any(p.choices for _, p, *_ in prepared) else "greedy generation",
     }
     if api_stats:  # what the API targets cost, and how their labels were chosen
         info["api"] = {label: {**stats, "scoring": scoring_how[label]} for label, stats in api_stats.items()}
-        if all(is_api_model(t.model) for t, _, _ in prepared):
+        if all(is_api_model(t.model) for t, *_ in prepared):
             info["scoring"] = "; ".join(sorted(set(scoring_how.values())))
     report = Report(table, predictions, info)
     _save(report, [t.run for t in targets if t.run is not None])
     return report
+
+
+def _predict_local(t: Target, p: Prompt, rows, train_rows, scoring: str, batch_size: int, names, seq2seq: bool):
+    """A local target's predictions: an encoder classifier run, an encoder-decoder, or a decoder (with its
+    adapter swapped onto the session's base model)."""
+    if t.run is not None and t.run.config.get("task") == "classification":
+        from .encoders import predict_classifier
+
+        return predict_classifier(t.run, p, rows)
+    if seq2seq:  # T5, BART: greedy text-to-text generation
+        return seq2seq_predict(t.model, t.adapter, p, rows, batch_size=max(1, batch_size // 2))
+    loaded = load_model(t.model, quantize=t.quantize)
+    with loaded.adapter(t.adapter) as lm:
+        return _predict(lm, loaded.tokenizer, p, rows, train_rows, scoring, batch_size,
+                        perplexity="perplexity" in names)
 
 
 def _predict_api(target: Target, prompt: Prompt, rows, train_rows, options: Mapping):

@@ -24,21 +24,10 @@ _LOADED: dict[tuple, tuple] = {}
 
 
 def is_seq2seq(spec: str) -> bool:
-    """Whether ``spec`` (a directory, a run's saved model or a cached hub id) is an encoder-decoder."""
-    from .encoders import family
-    from .models import EMBEDDED
+    """Whether ``spec`` (a directory, a run's saved model or a hub id) is an encoder-decoder."""
+    from .encoders import family_of
 
-    if spec in EMBEDDED or spec == "minilm-l6":
-        return False
-    path = Path(str(spec)).expanduser()
-    if path.is_dir():
-        return family(path) == "seq2seq"
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return family(Path(hf_hub_download(str(spec), "config.json")).parent) == "seq2seq"
-    except Exception:
-        return False
+    return family_of(spec) == "seq2seq"
 
 
 def load(spec: str, adapter: str | Path | None = None, device: str | None = None):

@@ -222,25 +222,23 @@ def tune(
         ConfigError, UnknownNameError, TemplateError, DataError: before any model loads.
         TrainingInterrupted, TrainingFailed: the run is marked so and kept.
     """
+    # encoders and encoder-decoders train in their own loops (nbkit.encoders, nbkit.seq2seq), without these
+    unsupported = {"max_steps": max_steps, "grad_accum": grad_accum != 1, "dev": dev, "eval_every": eval_every,
+                   "patience": patience, "save_every": save_every, "resume": resume, "export": export,
+                   "weights": weights, "gradient_checkpointing": gradient_checkpointing,
+                   "precision": precision != "auto"}
+    settings = dict(method=method, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, warmup=warmup,
+                    seed=seed, name=name, overwrite=overwrite, namespace=namespace,
+                    callbacks=list(callbacks) if callbacks is not None else [events.PlainProgress()])
     if task != "generation":
-        return _tune_encoder(task, prompt, data, model=model, method=method, epochs=epochs, lr=lr,
-                             batch_size=batch_size, max_length=max_length, warmup=warmup, seed=seed, name=name,
-                             overwrite=overwrite, namespace=namespace, callbacks=callbacks, options=options,
-                             unsupported={"max_steps": max_steps, "grad_accum": grad_accum != 1, "dev": dev,
-                                          "resume": resume, "export": export, "weights": weights,
-                                          "gradient_checkpointing": gradient_checkpointing})
+        return _tune_encoder(task, prompt, data, model=model, options=options, unsupported=unsupported, **settings)
     if prompt is None:
         raise ConfigError("prompt", "is needed: which prompt formats the data? (only --task embedding goes without)")
     model = model or DEFAULT_MODEL
     from .seq2seq import is_seq2seq
 
     if is_seq2seq(model):  # T5, BART: text-to-text tuning (nbkit.seq2seq)
-        return _tune_seq2seq(prompt, data, model=model, method=method, epochs=epochs, lr=lr, batch_size=batch_size,
-                             max_length=max_length, warmup=warmup, seed=seed, name=name, overwrite=overwrite,
-                             namespace=namespace, callbacks=callbacks, options=options,
-                             unsupported={"max_steps": max_steps, "grad_accum": grad_accum != 1, "dev": dev,
-                                          "resume": resume, "export": export, "weights": weights,
-                                          "gradient_checkpointing": gradient_checkpointing})
+        return _tune_seq2seq(prompt, data, model=model, options=options, unsupported=unsupported, **settings)
     prompts, datas = _pair_tasks(prompt, data)
     prompts = [get_prompt(p) for p in prompts]
     specs = [d if isinstance(d, str) else f"<{type(d).__name__}>" for d in datas]
@@ -350,50 +348,49 @@ ENCODER_OPTIONS = {"classification": ("r", "alpha", "dropout", "target_modules")
                    "embedding": ("r", "alpha", "dropout", "target_modules", "pooling", "corpus", "scale")}
 
 
-def _tune_encoder(task, prompt, data, *, model, options, unsupported, callbacks, **settings) -> Run:
+def _checked(options: dict, unsupported: Mapping, allowed: Sequence[str], what: str) -> dict:
+    """The method options of an encoder or encoder-decoder run, refusing settings its loop does not have."""
+    given = [k for k, v in unsupported.items() if v]
+    if given:
+        raise ConfigError(given[0], f"is not supported {what}")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(unknown[0], f"is not an option {what}; options: {', '.join(allowed)}")
+    if isinstance(options.get("target_modules"), str):
+        options["target_modules"] = [m.strip() for m in options["target_modules"].split(",") if m.strip()]
+    return options
+
+
+def _tune_encoder(task, prompt, data, *, model, options, unsupported, **settings) -> Run:
     """``task="classification"`` / ``"embedding"``: tune an encoder (:mod:`nbkit.encoders`)."""
     from . import encoders
     from .embeddings import DEFAULT_ENCODER
 
     if task not in TASKS:
         raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {task!r}")
-    given = [k for k, v in unsupported.items() if v]
-    if given:
-        raise ConfigError(given[0], f"is not supported with task={task!r} (encoder tuning)")
-    unknown = sorted(set(options) - set(ENCODER_OPTIONS[task]))
-    if unknown:
-        raise ConfigError(unknown[0], f"is not an option of task={task!r}; options: {', '.join(ENCODER_OPTIONS[task])}")
-    if isinstance(options.get("target_modules"), str):
-        options["target_modules"] = [m.strip() for m in options["target_modules"].split(",") if m.strip()]
+    options = _checked(options, unsupported, ENCODER_OPTIONS[task], f"with task={task!r} (encoder tuning)")
+    if isinstance(data, (list, tuple)) and data and all(isinstance(d, str) for d in data):
+        raise ConfigError("data", f"task={task!r} trains on one data set, not several")
     model = model or DEFAULT_ENCODER
-    callbacks = list(callbacks) if callbacks is not None else [events.PlainProgress()]
     if task == "embedding":
         if prompt is not None:
             raise ConfigError("prompt", "is not used by task='embedding': it trains on (query, positive) pairs")
-        return encoders.tune_embedding(data, model=model, callbacks=callbacks, **settings, **options)
+        return encoders.tune_embedding(data, model=model, **settings, **options)
     if prompt is None:
         raise ConfigError("prompt", "is needed with task='classification': its choices are the labels")
     if isinstance(prompt, (list, tuple)):
         raise ConfigError("prompt", "task='classification' trains one head on one prompt")
-    return encoders.tune_classifier(prompt, data, model=model, callbacks=callbacks, **settings, **options)
+    return encoders.tune_classifier(prompt, data, model=model, **settings, **options)
 
 
-def _tune_seq2seq(prompt, data, *, options, unsupported, callbacks, **settings) -> Run:
+def _tune_seq2seq(prompt, data, *, options, unsupported, **settings) -> Run:
     from .seq2seq import tune_seq2seq
 
-    given = [k for k, v in unsupported.items() if v]
-    if given:
-        raise ConfigError(given[0], "is not supported for encoder-decoder models yet")
-    allowed = ("r", "alpha", "dropout", "target_modules")
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ConfigError(unknown[0], f"is not an option for encoder-decoder models; options: {', '.join(allowed)}")
-    if isinstance(options.get("target_modules"), str):
-        options["target_modules"] = [m.strip() for m in options["target_modules"].split(",") if m.strip()]
+    options = _checked(options, unsupported, ("r", "alpha", "dropout", "target_modules"),
+                       "for encoder-decoder models")
     if isinstance(prompt, (list, tuple)):
         raise ConfigError("prompt", "multi-task training is for decoders; give one prompt")
-    callbacks = list(callbacks) if callbacks is not None else [events.PlainProgress()]
-    return tune_seq2seq(prompt, data, callbacks=callbacks, **settings, **options)
+    return tune_seq2seq(prompt, data, **settings, **options)
 
 
 @dataclass
