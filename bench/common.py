@@ -127,6 +127,14 @@ def save(name: str, payload) -> None:
     (folder / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
+def caption(quick: bool, text: str) -> str:
+    """The paragraph under a table: what was measured (``text``; marked when it was only a quick check),
+    when, on what, and the command that reruns this script with the same arguments."""
+    what = "quick check, not a result: " if quick else ""
+    command = " ".join([f".venv/bin/python bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    return f"\n\n{what}{text} {stamp(command)}"
+
+
 def stamp(command: str) -> str:
     """The line under a table: when, on what, and how to rerun it."""
     return f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine()}. Rerun: `{command}`."

@@ -96,13 +96,10 @@ def render(table: list[dict], rounds: int, quick: bool) -> str:
         lines.append(f"| {t['task']} | {t['rows']} | {t['naive']:.1f} s ({t['rows'] / t['naive']:.1f} rows/s) | "
                      f"{t['nbkit']:.1f} s ({t['rows'] / t['nbkit']:.1f} rows/s) | {t['ratio']:.1f}x | {verdict} | "
                      f"{t['agree']} |")
-    what = "quick check, not a result: " if quick else ""
-    cmd = " ".join([".venv/bin/python bench/eval_throughput.py", *sys.argv[1:]])
     return "\n".join(lines) + (
-        f"\n\n{what}sample:intent test rows; label scoring over 4 label words (nbkit: batches of 16, one pass per "
+        common.caption(quick, f"sample:intent test rows; label scoring over 4 label words (nbkit: batches of 16, one pass per "
         f"context with the label tokens on its cache); generation greedy, {NEW_TOKENS} new tokens at most (nbkit: "
-        f"batches of {GENERATE_BATCH}, left-padded). Model load not counted; median of {rounds} round(s), one process each. "
-        f"{common.stamp(cmd)}")
+        f"batches of {GENERATE_BATCH}, left-padded). Model load not counted; median of {rounds} round(s), one process each."))
 
 
 def main() -> int:

@@ -120,14 +120,12 @@ def render(cold: dict | None, warm: dict, rounds: int, quick: bool) -> str:
     def disturbed(cold):
         return f", {cold['others_cpu']:.0%} during the cold one" if cold else ""
 
-    what = "quick check, not a result: " if quick else ""
-    cmd = " ".join([".venv/bin/python bench/latency.py", *sys.argv[1:]])
     return "\n".join(lines) + (
-        f"\n\n{what}A fresh ipykernel per column, driven through jupyter_client; a cell's time runs from the "
+        common.caption(quick, f"A fresh ipykernel per column, driven through jupyter_client; a cell's time runs from the "
         f"execute request to the kernel going idle (an empty cell: {warm['empty_cell'] * 1000:.0f} ms). Cell: "
         f"`%%prompt {LINE}`. Does `%load_ext nbkit` import torch: {torch}. Warm: median of {rounds} kernel(s) "
         f"(other processes took {warm['others_cpu']:.0%} of the cores meanwhile{disturbed(cold)}); "
-        f"cold: one kernel with a fresh `NBKIT_CACHE` (the GGUF is converted on the first load). {common.stamp(cmd)}")
+        f"cold: one kernel with a fresh `NBKIT_CACHE` (the GGUF is converted on the first load)."))
 
 
 def main() -> int:

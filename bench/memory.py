@@ -107,11 +107,9 @@ def render(rows: list[dict], steps: int, quick: bool) -> str:
         lines.append(f"| {r['variant']} | {r['footprint_mb']:.0f} MiB | {r['rss_at_start_mb'] / 1024:.2f} GiB | "
                      f"{r['peak_memory_mb'] / 1024:.2f} GiB | {r['first_loss']:.2f} → {r['last_loss']:.2f} | "
                      f"{r['train_seconds']:.0f} s{' (disturbed)' if r['others_cpu'] > common.QUIET else ''} |")
-    what = "quick check, not a result: " if quick else ""
-    cmd = " ".join([".venv/bin/python bench/memory.py", *sys.argv[1:]])
     return "\n".join(lines) + (
-        f"\n\n{what}SmolLM2-135M on the CPU, LoRA r=8 on every linear layer, {steps} steps of {BATCH} sample:intent "
-        f"examples, one process per variant. {common.stamp(cmd)}")
+        common.caption(quick, f"SmolLM2-135M on the CPU, LoRA r=8 on every linear layer, {steps} steps of {BATCH} sample:intent "
+        f"examples, one process per variant."))
 
 
 def main() -> int:

@@ -80,13 +80,10 @@ def render(result: dict, quick: bool = False) -> str:
     for group in order:
         seconds = result["groups"].get(group, 0.0)
         lines.append(f"| {group} | {seconds:.2f} s | {seconds / result['total_seconds']:.0%} |")
-    cmd = " ".join([".venv/bin/python bench/profile_step.py", *sys.argv[1:]])
-    what = "quick check, not a result: " if quick else ""
-    return ("\n".join(lines) + f"\n\n{what}nbkit.tune LoRA (dropout {tt.LORA['dropout']:g}) on `{result['dataset']}`, "
+    return ("\n".join(lines) + common.caption(quick, f"nbkit.tune LoRA (dropout {tt.LORA['dropout']:g}) on `{result['dataset']}`, "
             f"batch {tt.BATCH}, "
             f"{result['profiled_steps']} steps, torch.profiler self CPU time of every "
-            f"operator, grouped by name (a product with a dimension <= 16 counts as LoRA's). "
-            f"{common.stamp(cmd)}")
+            f"operator, grouped by name (a product with a dimension <= 16 counts as LoRA's)."))
 
 
 def main() -> int:

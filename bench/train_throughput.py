@@ -232,16 +232,14 @@ def render(table: list[dict], peaks: dict, n: int, rounds: int, quick: bool) -> 
         lines.append(f"| {t['dataset']} | {t['system']} | {t['tokens_per_second']:.0f} | {ratio} | {verdict} | "
                      f"{t['train_seconds']:.1f} s | {t['wall_seconds']:.0f} s | {t['peak_memory_mb'] / 1024:.2f} GiB | "
                      f"{t['final_loss']:.3f} | {100 * t['mfu']:.1f}% of {t['mfu_dtype']} |")
-    what = "quick check, not a result: " if quick else ""
-    cmd = " ".join([".venv/bin/python bench/train_throughput.py", *sys.argv[1:]])
     return "\n".join(lines) + (
-        f"\n\n{what}{n} examples, 1 epoch, batch {BATCH}, LoRA r={LORA['r']} alpha={LORA['alpha']:g} all-linear, "
+        common.caption(quick, f"{n} examples, 1 epoch, batch {BATCH}, LoRA r={LORA['r']} alpha={LORA['alpha']:g} all-linear, "
         f"lr {LR:g}, max length {MAX_LENGTH}; median of the undisturbed rounds (up to {rounds}) of each row, systems alternating, one process each. "
         f"Matmul peak (2048³ GEMM, best of the measurements before each round): fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, "
         f"bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s. Final loss: mean of the last quarter of steps, on what each "
         f"trains on (the tutorial's covers the prompt too). MFU: model FLOPs per second (bench/flops.py) over the peak "
         f"of the dtype the system's matmuls run in. \"disturbed\": every round of that row had another process "
-        f"using over {common.QUIET:.0%} of the cores. {common.stamp(cmd)}")
+        f"using over {common.QUIET:.0%} of the cores."))
 
 
 def main() -> int:
