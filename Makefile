@@ -36,10 +36,11 @@ test-fast: setup
 	$(PY) -m pytest -ra -m "not slow and not browser"
 
 # Re-execute the documentation notebooks in place (their saved outputs are what nbval compares), each with
-# an empty runs folder as nbval's runs have (a taken run name would be numbered and differ).
+# an empty runs folder as nbval's runs have (a taken run name would be numbered and differ), with the %tune
+# widget on so the saved notebooks keep its state and the static loss curve.
 notebooks: setup
 	cd notebooks && for nb in *.ipynb; do rm -rf $(CURDIR)/build/notebook-runs; \
-		NBKIT_PROGRESS=plain NBKIT_RUNS_DIR=$(CURDIR)/build/notebook-runs \
+		NBKIT_PROGRESS=widget NBKIT_RUNS_DIR=$(CURDIR)/build/notebook-runs \
 		../$(PY) -m papermill --no-progress-bar $$nb $$nb || exit 1; done
 
 # Benchmarks (bench/README.md): the real numbers take ~65 min on 2 idle CPU cores and rewrite the tables;

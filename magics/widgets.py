@@ -2,12 +2,17 @@
 and with ``--dev`` the held-out metric and a few generations at each evaluation.
 
 It subscribes to nbkit's training events; the core never draws. The bar turns
-green when the run completes, orange when interrupted and red when it fails.
+green when the run completes, orange when interrupted and red when it fails. When
+the run ends it also shows a static PNG of the loss curve (and the dev metric),
+which a saved notebook keeps where widgets do not render: on GitHub, in nbviewer
+without widget state, after a kernel restart.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import time
 
 from nbkit.events import Begin, Callback, End, Evaluation, Step, fmt_seconds, task_loss_text
@@ -33,6 +38,28 @@ def loss_svg(losses: list[float], width: int = 360, height: int = 110) -> str:
     )
 
 
+def loss_curve_png(losses: list[float], dev: list[tuple[int, float]] = (), metric: str = "accuracy",
+                   title: str = "") -> bytes:
+    """The loss per step (and the dev metric at its evaluations) as a PNG, drawn with matplotlib."""
+    from matplotlib.figure import Figure  # no pyplot: nothing global changes in the user's session
+
+    fig = Figure(figsize=(5.6, 2.4), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(range(1, len(losses) + 1), losses, color="#4C72B0", linewidth=1.4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss", color="#4C72B0")
+    ax.grid(alpha=0.3)
+    if dev:
+        other = ax.twinx()
+        other.plot([s for s, _ in dev], [v for _, v in dev], "o-", color="#DD8452", markersize=4)
+        other.set_ylabel(f"dev {metric}", color="#DD8452")
+    if title:
+        ax.set_title(title, fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 class TuneWidget(Callback):
     """An ipywidgets view of one training run."""
 
@@ -48,12 +75,16 @@ class TuneWidget(Callback):
         self.box = w.VBox([w.HBox([self.bar, self.status]), self.curve, self.dev])
         self.box.add_class("nbkit-tune-widget")
         self.losses: list[float] = []
+        self.dev_values: list[tuple[int, float]] = []
+        self.metric = "accuracy"
+        self.name = "tune"
         self._drawn = 0.0
 
     def on_begin(self, e: Begin) -> None:
         self.bar.max = max(e.total_steps, 1)
         self.bar.value = e.resumed_from
         self.bar.description = e.run_name[:12]
+        self.name = e.run_name
         note = f"; {e.truncated} truncated" if e.truncated else ""
         if e.memory_advice:
             note += f"<br><b>may not fit</b> ({html.escape(e.memory or '')}); try {html.escape('; or '.join(e.memory_advice))}"
@@ -74,6 +105,9 @@ class TuneWidget(Callback):
             self._drawn = now
 
     def on_evaluate(self, e: Evaluation) -> None:
+        if e.value is not None:
+            self.dev_values.append((e.step, e.value))
+            self.metric = e.metric
         value = f"{e.value:.4f}" if e.value is not None else "?"
         best = " (best so far)" if e.best else ""
         rows = "".join(
@@ -94,6 +128,16 @@ class TuneWidget(Callback):
         loss = f" · final loss {loss:.4f}" if isinstance(loss, float) else ""
         error = f" · {html.escape(e.error)}" if e.error else ""
         self.status.value = f"<b>{e.status}</b> after {e.steps} steps in {fmt_seconds(e.elapsed)}{loss}{error}"
+        if self._display is not None and len(self.losses) > 1:
+            self._display(self.static_image(e), raw=True)
+
+    def static_image(self, e: End) -> dict:
+        """The final loss curve as a display bundle: a PNG and a line of text (what nbval compares)."""
+        loss = e.metrics.get("train_loss")
+        text = f"{self.name}: loss over {len(self.losses)} steps" + (
+            f", final loss {loss:.4f}" if isinstance(loss, float) else "")
+        png = loss_curve_png(self.losses, self.dev_values, self.metric, title=f"{self.name} ({e.status})")
+        return {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": text}
 
 
 def _tail(text: str, width: int = 70) -> str:

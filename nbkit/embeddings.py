@@ -39,10 +39,13 @@ class Encoder:
     def __init__(self, spec: str = DEFAULT_ENCODER):
         from transformers import AutoModel, AutoTokenizer
 
+        from .models import _quiet
+
         path = encoder_path(spec)
         self.spec = spec
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
+        with _quiet():  # no per-tensor progress bar in the notebook for a load that takes a second
+            self.model = AutoModel.from_pretrained(path).eval()
         self._seen: dict[str, object] = {}
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, max_length: int = 256):

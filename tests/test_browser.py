@@ -2,8 +2,9 @@
 
 It checks what only a browser can: that ``%tune`` draws the live ipywidgets
 view (not its text fallback ``VBox(...)``) when a JupyterLab server runs the
-kernel, and that ``%evaluate``'s HTML report renders. Screenshots go to
-``build/browser-quickstart.png`` and ``build/tune-widget.png``.
+kernel (with the static loss-curve image under it), and that ``%evaluate``'s HTML
+report renders. Screenshots go to ``build/browser-quickstart.png``,
+``build/tune-widget.png`` and ``build/comparison.png``.
 """
 
 from __future__ import annotations
@@ -53,14 +54,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tiny_notebook(folder: Path) -> Path:
-    """The quickstart with epochs=0.1 and limit=8 in its ``parameters`` cell, outputs cleared."""
+def _tiny_notebook(folder: Path, values: dict | None = None) -> Path:
+    """The quickstart with epochs=0.1 and limit=8 (or ``values``) in its ``parameters`` cell, outputs cleared."""
     import nbformat
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, "the quickstart should have exactly one cell tagged 'parameters'"
-    values = {"epochs": "0.1", "limit": "8"}
+    values = dict({"epochs": "0.1", "limit": "8"} if values is None else values)
     lines = []
     for line in params[0].source.splitlines():
         m = re.match(r"(\s*)(\w+)(\s*=\s*)([^#]*?)(\s*#.*)?$", line)
@@ -191,6 +192,12 @@ _ERROR_OUTPUTS = """() => [...document.querySelectorAll(
 
 
 def test_quickstart_in_jupyterlab(tmp_path):
+    run_in_jupyterlab(tmp_path)
+
+
+def run_in_jupyterlab(tmp_path: Path, values: dict | None = None) -> None:
+    """Run All on the quickstart (``values`` in its parameters cell) in JupyterLab, check what it drew, and
+    leave screenshots in build/ (docs/screenshots.py runs this with the quickstart's own parameters)."""
     chromium = _chromium()
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
     pytest.importorskip("jupyterlab", reason="jupyterlab is not installed")
@@ -198,7 +205,7 @@ def test_quickstart_in_jupyterlab(tmp_path):
 
     root = tmp_path / "lab"  # the file browser shows only the notebook
     root.mkdir()
-    notebook = _tiny_notebook(root)
+    notebook = _tiny_notebook(root, values)
     port, token = _free_port(), secrets.token_hex(16)
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "jupyterlab.log"
@@ -280,6 +287,9 @@ def _drive(page, url: str, log: Path) -> None:
     except PlaywrightTimeout:
         pytest.fail(shot_on_failure("the tune widget's bar did not turn green (bar_style 'success')"))
     assert widget.locator("svg.nbkit-loss polyline").count() == 1, "the tune widget has no loss curve"
+    # under it, the static loss curve a saved notebook keeps for GitHub and for after a restart
+    curve = page.locator(".jp-OutputArea-output img[src^='data:image/png']")
+    assert curve.count() == 1, shot_on_failure(f"expected one static loss-curve image, found {curve.count()}")
 
     # Both %evaluate reports rendered as HTML: 'before' and, after %tune, the comparison.
     reports = page.locator(".jp-OutputArea-output table.nbkit-report")
@@ -294,4 +304,5 @@ def _drive(page, url: str, log: Path) -> None:
     widget.evaluate("e => e.closest('.jp-Cell').scrollIntoView({block: 'start'})")
     page.wait_for_timeout(300)
     widget.screenshot(path=str(BUILD / "tune-widget.png"))
+    page.locator(".jp-OutputArea-output").filter(has=last).last.screenshot(path=str(BUILD / "comparison.png"))
     page.screenshot(path=str(BUILD / "browser-quickstart.png"), full_page=True)

@@ -60,6 +60,7 @@ def test_notebook_passes_nbval(notebook, tmp_path):
     """Strict output comparison; notebooks/sanitize.cfg masks only what legitimately varies."""
     env = {k: v for k, v in _env(tmp_path).items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
     env["NBKIT_API_CACHE"] = str(tmp_path / "api-cache")
+    env["NBKIT_PROGRESS"] = "widget"  # as `make notebooks` saved them: widget state and the static loss curve
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", notebook,
          "--nbval-sanitize-with", str(ROOT / "notebooks" / "sanitize.cfg"), "--nbval-cell-timeout", "900"],

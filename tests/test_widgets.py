@@ -1,5 +1,7 @@
 """The %tune widget and the progress choice, without a browser."""
 
+import base64
+
 import pytest
 
 from nbkit import events
@@ -21,7 +23,7 @@ def test_widget_follows_the_run_and_shows_how_it_ended(status, style):
     from nbkit.magics.widgets import TuneWidget
 
     shown = []
-    w = TuneWidget(display=shown.append)
+    w = TuneWidget(display=lambda obj, **kw: shown.append(obj))
     w.on_begin(_begin(truncated=2))
     assert shown == [w.box] and "nbkit-tune-widget" in w.box._dom_classes
     assert w.bar.max == 4 and "2 truncated" in w.status.value
@@ -35,6 +37,25 @@ def test_widget_follows_the_run_and_shows_how_it_ended(status, style):
     assert w.bar.bar_style == style and status in w.status.value
     if status == "failed":
         assert "boom" in w.status.value
+    # the static picture a saved notebook keeps where the widget does not render (GitHub, after a restart)
+    assert len(shown) == 2 and shown[1]["text/plain"] == "r: loss over 4 steps, final loss 0.5000"
+    assert base64.b64decode(shown[1]["image/png"]).startswith(b"\x89PNG")
+
+
+def test_the_static_curve_shows_the_dev_metric_too():
+    from nbkit.magics.widgets import TuneWidget, loss_curve_png
+
+    shown = []
+    w = TuneWidget(display=lambda obj, **kw: shown.append(obj))
+    w.on_begin(_begin())
+    for i, loss in enumerate([3.0, 2.0, 1.0, 0.5], start=1):
+        w.on_step(_step(i, loss))
+        if i % 2 == 0:
+            w.on_evaluate(_evaluation(i, 0.25 * i, True))
+    w.on_end(events.End(status="completed", elapsed=4.0, steps=4, metrics={"train_loss": 0.5}))
+    assert w.dev_values == [(2, 0.5), (4, 1.0)]
+    with_dev = base64.b64decode(shown[-1]["image/png"])
+    assert with_dev != loss_curve_png(w.losses, title="r (completed)")  # the dev axis is drawn
 
 
 def test_plain_progress_prints_a_few_lines(capsys):
