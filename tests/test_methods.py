@@ -145,11 +145,13 @@ def test_dev_split_name_must_exist(intent_prompt, monkeypatch):
 # -- slow: each method learns on the embedded model -----------------------------------------------------------
 
 LEARNERS = ["dora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning", "full"]  # lora, qlora: test_training
+STEPS = {"adapter": 20, "full": 20, "prompt": 12}
 
 
 @pytest.fixture(scope="module")
 def method_runs(tmp_path_factory):
-    """Every method trained once with its defaults on sample:intent, 20 steps of 8 (under one epoch)."""
+    """Every method trained once with its defaults on sample:intent: weights 20 steps of 8 (under one epoch),
+    learned prompts 12 (their bar is only to match zero-shot; the methods table has them over two epochs)."""
     import os
 
     from nbkit.prompts import Prompt
@@ -161,7 +163,8 @@ def method_runs(tmp_path_factory):
         name="intent", target="{{ label }}", choices=["refund", "delivery", "account", "other"],
     )
     zero_shot = nbkit.evaluate(prompt, None, "sample:intent", limit=40).frame.loc["intent", "accuracy"]
-    runs = {m: nbkit.tune(prompt, "sample:intent", method=m, name=m, max_steps=20, callbacks=[]) for m in LEARNERS}
+    runs = {m: nbkit.tune(prompt, "sample:intent", method=m, name=m, max_steps=STEPS[get_method(m).kind], callbacks=[])
+            for m in LEARNERS}
     return prompt, zero_shot, runs
 
 
@@ -171,7 +174,7 @@ def test_every_method_learns(method_runs, method):
     prompt, zero_shot, runs = method_runs
     run = runs[method]
     losses = [h["loss"] for h in run.history]
-    assert len(losses) == 20 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 / 2, losses
+    assert len(losses) == STEPS[get_method(method).kind] and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 / 2, losses
     tuned = nbkit.evaluate(None, run, "sample:intent", limit=40).frame["accuracy"].iloc[0]
     # learned prompts learn slowly on a 135M model (see the methods table); weights clearly beat zero-shot
     margin = 0.0 if get_method(method).kind == "prompt" else 0.2
@@ -189,11 +192,11 @@ def test_runs_of_different_kinds_compare_on_one_base_model(method_runs, smol):
     """LoRA-family, IA3 and learned-prompt adapters swap on the session's one base model."""
     prompt, zero_shot, runs = method_runs
     picked = [runs["ia3"], runs["prompt-tuning"], runs["dora"], runs["prefix-tuning"]]
-    together = nbkit.evaluate(prompt, picked, "sample:intent", limit=24).frame["accuracy"]
+    together = nbkit.evaluate(prompt, picked, "sample:intent", limit=16).frame["accuracy"]
     for run in picked:
-        alone = nbkit.evaluate(None, run, "sample:intent", limit=24).frame["accuracy"].iloc[0]
+        alone = nbkit.evaluate(None, run, "sample:intent", limit=16).frame["accuracy"].iloc[0]
         assert together.loc[f"intent + {run.name}"] == alone, run.name
-    assert together.loc["intent"] == nbkit.evaluate(prompt, None, "sample:intent", limit=24).frame["accuracy"].iloc[0]
+    assert together.loc["intent"] == nbkit.evaluate(prompt, None, "sample:intent", limit=16).frame["accuracy"].iloc[0]
     assert nbkit.load_model("smollm2-135m") is smol
 
 

@@ -186,10 +186,10 @@ def test_dev_evaluation_keeps_the_best_checkpoint_and_shows_generations(intent_p
     from nbkit.training import TuneConfig, _split_dev
 
     seen = _Collect()
-    run = nbkit.tune(intent_prompt, "sample:intent", name="dev", max_steps=16, dev=0.2, eval_every=4,
+    run = nbkit.tune(intent_prompt, "sample:intent", name="dev", max_steps=8, dev=0.2, eval_every=2,
                      callbacks=[seen, events.PlainProgress()])
     assert seen.begin.dev_examples == 37 and "GiB" in seen.begin.memory
-    assert [e.step for e in seen.evaluations] == [4, 8, 12, 16] == [r["step"] for r in run.dev_history]
+    assert [e.step for e in seen.evaluations] == [2, 4, 6, 8] == [r["step"] for r in run.dev_history]
     assert all(e.metric == "accuracy" and len(e.samples) == 3 and e.samples[0]["expected"] in intent_prompt.choices
                for e in seen.evaluations)
     best = max(run.dev_history, key=lambda r: r["eval_accuracy"])
