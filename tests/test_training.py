@@ -14,7 +14,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
-    """The quickstart's LoRA with default hyperparameters, trained once for this module."""
+    """The quickstart's LoRA with default hyperparameters, 30 steps of 8 (1.3 epochs) instead of the default 3
+    epochs, trained once for this module. (Two epochs reaching 71% is the quickstart's saved output, which
+    CI checks with nbval.)"""
     from nbkit.prompts import Prompt
 
     root = tmp_path_factory.mktemp("runs")
@@ -26,16 +28,16 @@ def lora_run(tmp_path_factory):
     import os
 
     os.environ["NBKIT_RUNS_DIR"] = str(root)
-    return prompt, nbkit.tune(prompt, "sample:intent", name="lora")
+    return prompt, nbkit.tune(prompt, "sample:intent", name="lora", max_steps=30)
 
 
-def test_default_lora_beats_zero_shot_on_unseen_data(lora_run):
+def test_default_lora_beats_zero_shot_on_unseen_data_after_30_steps(lora_run):
     prompt, run = lora_run
     history = run.history
     assert history[-1]["loss"] < history[0]["loss"] / 3
     report = nbkit.evaluate(prompt, run, "sample:intent")  # test split: never trained on
     zero_shot, tuned = report.frame.loc["intent", "accuracy"], report.frame.loc["intent + lora", "accuracy"]
-    assert tuned >= zero_shot + 0.25 and tuned >= 0.7, report.frame
+    assert tuned >= zero_shot + 0.25, report.frame  # 0.25 -> 0.55 here; 0.7125 after two epochs (the quickstart)
 
 
 def test_run_directory_is_complete_and_plain_peft_loads_it(lora_run, smol):
