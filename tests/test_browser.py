@@ -304,5 +304,6 @@ def _drive(page, url: str, log: Path) -> None:
     widget.evaluate("e => e.closest('.jp-Cell').scrollIntoView({block: 'start'})")
     page.wait_for_timeout(300)
     widget.screenshot(path=str(BUILD / "tune-widget.png"))
-    page.locator(".jp-OutputArea-output").filter(has=last).last.screenshot(path=str(BUILD / "comparison.png"))
+    page.locator(".jp-OutputArea-output").filter(has=page.locator("table.nbkit-report")).last.screenshot(
+        path=str(BUILD / "comparison.png"))
     page.screenshot(path=str(BUILD / "browser-quickstart.png"), full_page=True)
