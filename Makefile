@@ -53,7 +53,7 @@ bench: setup
 	$(PY) bench/profile_step.py --lora-dropout 0 --write
 
 bench-quick: setup
-	for b in $(BENCH); do $(PY) bench/$$b.py --quick || exit 1; done
+	for b in $(BENCH) gpu; do $(PY) bench/$$b.py --quick || exit 1; done
 
 clean:
 	rm -rf build jobs runs .pytest_cache

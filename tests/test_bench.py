@@ -68,6 +68,7 @@ SMOKE = {  # the CI mode of each script: the smallest sizes that still run every
     "latency.py": [],
     "methods.py": ["--methods", "lora"],
     "profile_step.py": [],
+    "gpu.py": [],  # a tiny random Llama on the CPU: the GPU run's code paths, LoRA and 4-bit QLoRA, both systems
 }
 ROWS = {  # what each table must show a row for
     "train_throughput.py": ["tutorial", "trl", "trl-fp32", "nbkit", "nbkit-bf16"],
@@ -76,7 +77,9 @@ ROWS = {  # what each table must show a row for
     "latency.py": ["`%load_ext nbkit`", "… nbkit's own time beyond generation"],
     "methods.py": ["zero-shot", "lora"],
     "profile_step.py": ["matrix products", "LoRA products (rank 8)", "dropout masks (bernoulli)"],
+    "gpu.py": ["peft", "nbkit"],
 }
+COLUMN = {"train_throughput.py": 2, "gpu.py": 3}  # where a table names its rows (default: the first column)
 
 
 @pytest.mark.slow
@@ -95,7 +98,7 @@ def test_benchmark_script_runs_in_quick_mode_and_writes_nothing(script):
     assert done.returncode == 0, done.stderr[-3000:]
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     for row in ROWS[script]:
-        assert any(line.split("|")[1 + (script == "train_throughput.py")].strip() == row for line in table), (row, table)
+        assert any(line.split("|")[COLUMN.get(script, 1)].strip() == row for line in table), (row, table)
     assert "quick check, not a result" in done.stdout
     assert {p: p.read_bytes() for p in watched} == before
     assert sorted((root / "bench" / "results").glob("*")) == watched[3:]
