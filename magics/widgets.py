@@ -97,7 +97,8 @@ class TuneWidget(Callback):
         self.losses.append(e.loss)
         self.bar.value = e.step
         self.status.value = (f"step {e.step}/{e.total_steps} · epoch {e.epoch:.2f} · loss {e.loss:.4f} · "
-                             f"{e.tokens_per_second:.0f} tok/s · ETA {fmt_seconds(e.eta)}"
+                             + (f"{e.tokens_per_second:.0f} tok/s · " if e.tokens_per_second else "")  # encoders do not count
+                             + f"ETA {fmt_seconds(e.eta)}"
                              + (f"<br>per task: {html.escape(task_loss_text(e.task_losses))}" if e.task_losses else ""))
         now = time.monotonic()
         if now - self._drawn > 0.5 or e.step == e.total_steps:  # a redraw per step floods slow frontends

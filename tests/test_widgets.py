@@ -42,6 +42,16 @@ def test_widget_follows_the_run_and_shows_how_it_ended(status, style):
     assert base64.b64decode(shown[1]["image/png"]).startswith(b"\x89PNG")
 
 
+def test_a_loop_that_counts_no_tokens_shows_no_tokens_per_second():
+    from nbkit.magics.widgets import TuneWidget
+
+    w = TuneWidget()
+    w.on_begin(_begin())
+    w.on_step(events.Step(step=1, total_steps=4, epoch=0.25, loss=1.0, learning_rate=1e-4, tokens_per_second=0.0,
+                          elapsed=1.0, eta=3.0))
+    assert "tok/s" not in w.status.value and "step 1/4" in w.status.value  # encoder loops: no "0 tok/s"
+
+
 def test_the_static_curve_shows_the_dev_metric_too():
     from nbkit.magics.widgets import TuneWidget, loss_curve_png
 
