@@ -24,7 +24,8 @@ useful; the loss column only shows that every system trained.
 
 The GPU machine has no internet and nothing of this checkout's ``.venv``: carry the tokenizer
 (``--prepare`` copies it to ``build/gpu-bench/tokenizer``, 3 MB) and check what is importable there
-(``--check``). Then, on the GPU machine:
+(``--check``): both systems need nbkit's own dependencies (the rows, prompts and token counts go through
+nbkit), so what ``--check`` lists as missing has to be installed there first. Then, on the GPU machine:
 
     python bench/gpu.py --check                    # torch, CUDA, bitsandbytes, nbkit's imports
     python bench/gpu.py --sizes 1b --write         # ~5 min on an H200; adds 8b with --sizes 1b,8b
@@ -280,6 +281,9 @@ def main() -> int:
     print(json.dumps(found), file=sys.stderr, flush=True)
     if found["device"] != "cuda" and not args.quick:
         raise SystemExit("no CUDA device: this benchmark is for a GPU machine (--quick checks it on the CPU)")
+    if found["missing for nbkit"]:  # the data, the prompts and the token counts go through nbkit for both systems
+        raise SystemExit(f"missing here: {', '.join(found['missing for nbkit'])}; install them (wheels can travel with "
+                         "the checkout) and rerun")
     sizes = ["tiny"] if args.quick else args.sizes.split(",")
     peak = matmul_peak_bf16()
     table = []
@@ -293,9 +297,6 @@ def main() -> int:
                     row = {"size": size, "method": method, "system": system, "parameters": parameters}
                     if method == "qlora" and not found["bitsandbytes"]:
                         table.append({**row, "error": "bitsandbytes is not installed"})
-                        continue
-                    if system == "nbkit" and found["missing for nbkit"]:
-                        table.append({**row, "error": f"nbkit needs {', '.join(found['missing for nbkit'])}"})
                         continue
                     try:
                         r = common.child(__file__, ["--one", system, method, folder, "--examples", str(args.examples)])
