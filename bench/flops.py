@@ -66,17 +66,21 @@ def lora_step_flops(shape: Shape, lengths, r: int) -> float:
     return float(sum(s * (4 * n_lin + 6 * n_lora) + attention * s * s for s in lengths))
 
 
-def matmul_peak(dtype: str = "float32", n: int = 2048, seconds: float = 3.0) -> float:
-    """FLOP/s of an ``n x n @ n x n`` matmul in ``dtype`` on this machine's CPU threads (best of a few runs)."""
+def matmul_peak(dtype: str = "float32", n: int = 2048, seconds: float = 3.0, device: str = "cpu") -> float:
+    """FLOP/s of an ``n x n @ n x n`` matmul in ``dtype`` on ``device`` (the CPU's threads by default; best of a
+    few runs)."""
     import torch
 
     kind = getattr(torch, dtype)
-    a, b = torch.randn(n, n).to(kind), torch.randn(n, n).to(kind)
+    a, b = torch.randn(n, n).to(device, kind), torch.randn(n, n).to(device, kind)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)  # CUDA work is asynchronous
     a @ b  # warm-up: thread pool, packing buffers
+    sync()
     best, spent = float("inf"), 0.0
     while spent < seconds:
         started = time.perf_counter()
         a @ b
+        sync()
         took = time.perf_counter() - started
         best, spent = min(best, took), spent + took
     return 2 * n ** 3 / best

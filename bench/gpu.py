@@ -41,7 +41,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -124,86 +123,24 @@ def make_model(size: str, folder: Path):
     return config, parameters
 
 
-def matmul_peak_bf16(n: int = 8192, seconds: float = 3.0) -> float:
-    """FLOP/s of a bf16 ``n x n @ n x n`` matmul on the GPU (best of a few runs; on a CPU, bench/flops.py's)."""
-    import torch
-
-    if device() != "cuda":
-        return flops.matmul_peak("bfloat16")
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    a @ b
-    torch.cuda.synchronize()
-    best, spent = float("inf"), 0.0
-    while spent < seconds:
-        started = time.perf_counter()
-        for _ in range(10):
-            a @ b
-        torch.cuda.synchronize()
-        took = (time.perf_counter() - started) / 10
-        best, spent = min(best, took), spent + took * 10
-    del a, b
-    torch.cuda.empty_cache()
-    return 2 * n ** 3 / best
-
-
-def _lora():
-    from peft import LoraConfig
-
-    return LoraConfig(r=tt.LORA["r"], lora_alpha=tt.LORA["alpha"], lora_dropout=tt.LORA["dropout"],
-                      target_modules=tt.LORA["target_modules"], task_type="CAUSAL_LM")
-
-
 def run_peft(method: str, path: str, data, out: str) -> None:
-    """The Transformers + PEFT recipe on a GPU (bf16; QLoRA: NF4 load, prepare_model_for_kbit_training)."""
+    """The Transformers + PEFT recipe (train_throughput's tutorial) on a GPU: bf16; QLoRA: an NF4 load through
+    ``prepare_model_for_kbit_training`` and the paged 8-bit AdamW."""
     import torch
-    from datasets import Dataset
-    from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig,
-                              DataCollatorForLanguageModeling, Trainer, TrainingArguments)
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     cuda = device() == "cuda"
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.pad_token = tokenizer.eos_token
+    place = {"device_map": {"": 0}} if cuda else {}
     if method == "qlora":
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                    bnb_4bit_compute_dtype=torch.bfloat16)
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=torch.bfloat16,
-                                                     device_map={"": 0} if cuda else None)
-        model = prepare_model_for_kbit_training(model)
+        model = prepare_model_for_kbit_training(
+            AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=torch.bfloat16, **place))
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, device_map={"": 0} if cuda else None)
-    model = get_peft_model(model, _lora())
-    dataset = Dataset.from_list([{"text": p + c + tokenizer.eos_token} for p, c in data])
-    dataset = dataset.map(lambda b: tokenizer(b["text"], padding="max_length", truncation=True,
-                                              max_length=tt.MAX_LENGTH), batched=True, remove_columns=["text"])
-    optim = "paged_adamw_8bit" if method == "qlora" and cuda else "adamw_torch"
-    args = TrainingArguments(output_dir=out, per_device_train_batch_size=tt.BATCH, num_train_epochs=1,
-                             learning_rate=tt.LR, logging_steps=1, save_strategy="no", report_to="none",
-                             seed=tt.SEED, bf16=cuda, optim=optim, use_cpu=not cuda)
-    Trainer(model=model, args=args, train_dataset=dataset,
-            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False)).train()
-
-
-def run_nbkit(method: str, path: str, rows: list[dict]) -> None:
-    import nbkit
-
-    prompt = nbkit.Prompt(**tt.PROMPTS["threads"])
-    nbkit.tune(prompt, {"train": rows, "test": rows[:1]}, model=path, method=method, epochs=1,
-               batch_size=tt.BATCH, max_length=tt.MAX_LENGTH, lr=tt.LR, seed=tt.SEED, callbacks=[],
-               r=tt.LORA["r"], alpha=tt.LORA["alpha"], dropout=tt.LORA["dropout"],
-               target_modules=tt.LORA["target_modules"])
-
-
-def lengths(path: str, rows: list[dict]) -> list[int]:
-    """Real token counts of the examples as nbkit encodes them (prompt, completion, end token)."""
-    import nbkit
-    from nbkit.encoding import encode
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    prompt = nbkit.Prompt(**tt.PROMPTS["threads"])
-    return [min(tt.MAX_LENGTH, sum(map(len, encode(prompt, r, tokenizer)))) for r in rows]
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, **place)
+    tt.run_tutorial(data, out, path, model=model, bf16=cuda, use_cpu=not cuda,
+                    optim="paged_adamw_8bit" if method == "qlora" and cuda else "adamw_torch")
 
 
 def one(system: str, method: str, path: str, n: int) -> dict:
@@ -213,18 +150,15 @@ def one(system: str, method: str, path: str, n: int) -> dict:
 
     stats: dict = {}
     tt._timed_train(stats)
-    rows = tt.rows("threads", n)  # the same rows tt.pairs formats for the recipe
     with tempfile.TemporaryDirectory() as out:
         os.environ["NBKIT_RUNS_DIR"] = out
         if system == "nbkit":
-            run_nbkit(method, path, rows)
+            tt.run_nbkit("threads", n, model=path, method=method)
         else:  # the same prompt and completion text nbkit trains on
             run_peft(method, path, tt.pairs("threads", n, AutoTokenizer.from_pretrained(path)), out)
-    losses = stats.pop("losses")
-    tail = losses[-max(1, len(losses) // 4):]
     peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else common.peak_rss_mb())
     return {"system": system, "method": method, "examples": n, **stats,
-            "final_loss": sum(tail) / len(tail) if tail else None, "peak_memory_mb": peak}
+            "final_loss": tt.final_loss(stats.pop("losses")), "peak_memory_mb": peak}
 
 
 def render(table: list[dict], peak: float, n: int, quick: bool, where: str) -> str:
@@ -284,13 +218,15 @@ def main() -> int:
     if found["missing for nbkit"]:  # the data, the prompts and the token counts go through nbkit for both systems
         raise SystemExit(f"missing here: {', '.join(found['missing for nbkit'])}; install them (wheels can travel with "
                          "the checkout) and rerun")
+    from transformers import AutoTokenizer
+
     sizes = ["tiny"] if args.quick else args.sizes.split(",")
-    peak = matmul_peak_bf16()
+    peak = flops.matmul_peak("bfloat16", **({"n": 8192, "device": "cuda"} if found["device"] == "cuda" else {}))
     table = []
     for size in sizes:
         with tempfile.TemporaryDirectory() as folder:
             config, parameters = make_model(size, Path(folder))
-            real = lengths(folder, tt.rows("threads", args.examples))
+            real = tt.lengths("threads", args.examples, AutoTokenizer.from_pretrained(folder))
             model_flops = flops.lora_step_flops(flops.Shape.of(config), real, tt.LORA["r"])
             for method in args.methods.split(","):
                 for system in args.systems.split(","):

@@ -104,8 +104,11 @@ def _lora_config():
                       target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
 
 
-def run_tutorial(data, out: str, path: str) -> None:
-    """The Transformers + PEFT tutorial: pad every example to max_length, causal-LM collator, Trainer."""
+def run_tutorial(data, out: str, path: str, model=None, **training) -> None:
+    """The Transformers + PEFT tutorial: pad every example to max_length, causal-LM collator, Trainer.
+
+    ``model``: the base model already loaded (bench/gpu.py: bf16 or 4-bit on a GPU; default: loaded from
+    ``path``); ``training``: more ``TrainingArguments`` (bf16, optim, ...)."""
     from datasets import Dataset
     from peft import get_peft_model
     from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
@@ -113,12 +116,13 @@ def run_tutorial(data, out: str, path: str) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.pad_token = tokenizer.eos_token
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path), _lora_config())
+    model = get_peft_model(model if model is not None else AutoModelForCausalLM.from_pretrained(path), _lora_config())
     dataset = Dataset.from_list([{"text": p + c + tokenizer.eos_token} for p, c in data])
     dataset = dataset.map(lambda b: tokenizer(b["text"], padding="max_length", truncation=True,
                                               max_length=MAX_LENGTH), batched=True, remove_columns=["text"])
     args = TrainingArguments(output_dir=out, per_device_train_batch_size=BATCH, num_train_epochs=1,
-                             learning_rate=LR, logging_steps=1, save_strategy="no", report_to="none", seed=SEED)
+                             learning_rate=LR, logging_steps=1, save_strategy="no", report_to="none", seed=SEED,
+                             **training)
     Trainer(model=model, args=args, train_dataset=dataset,
             data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False)).train()
 
@@ -136,15 +140,15 @@ def run_trl(data, out: str, path: str, defaults: bool = True) -> None:
     SFTTrainer(model=path, args=args, train_dataset=dataset, peft_config=_lora_config()).train()
 
 
-def run_nbkit(dataset: str, n: int, precision: str = "auto") -> None:
+def run_nbkit(dataset: str, n: int, precision: str = "auto", model: str = "smollm2-135m", method: str = "lora") -> None:
     """``nbkit.tune``; ``precision="bf16"`` is nbkit's own bf16 autocast (its CPU default is fp32)."""
     import nbkit
 
     prompt = nbkit.Prompt(**PROMPTS[dataset])
     train = rows(dataset, n)  # a test split of its own, or nbkit would hold out a fifth of these
-    nbkit.tune(prompt, {"train": train, "test": train[:1]}, method="lora", epochs=1, batch_size=BATCH, max_length=MAX_LENGTH,
-               lr=LR, seed=SEED, precision=precision, callbacks=[], r=LORA["r"], alpha=LORA["alpha"], dropout=LORA["dropout"],
-               target_modules=LORA["target_modules"])
+    nbkit.tune(prompt, {"train": train, "test": train[:1]}, model=model, method=method, epochs=1, batch_size=BATCH,
+               max_length=MAX_LENGTH, lr=LR, seed=SEED, precision=precision, callbacks=[], r=LORA["r"],
+               alpha=LORA["alpha"], dropout=LORA["dropout"], target_modules=LORA["target_modules"])
 
 
 def one(system: str, dataset: str, n: int) -> dict:
@@ -166,18 +170,23 @@ def one(system: str, dataset: str, n: int) -> dict:
                 run_tutorial(data, out, path)
             else:
                 run_trl(data, out, path, defaults=system == "trl")
-    losses = stats.pop("losses")
-    tail = losses[-max(1, len(losses) // 4):]
     return {"system": system, "dataset": dataset, "examples": n, **stats,
-            "final_loss": sum(tail) / len(tail) if tail else None, "peak_memory_mb": common.peak_rss_mb()}
+            "final_loss": final_loss(stats.pop("losses")), "peak_memory_mb": common.peak_rss_mb()}
 
 
-def lengths(dataset: str, n: int) -> list[int]:
-    """Real token counts of the examples as nbkit encodes them (prompt, completion, end token)."""
+def final_loss(losses: list[float]) -> float | None:
+    """The mean of the last quarter of the logged losses."""
+    tail = losses[-max(1, len(losses) // 4):]
+    return sum(tail) / len(tail) if tail else None
+
+
+def lengths(dataset: str, n: int, tokenizer=None) -> list[int]:
+    """Real token counts of the examples as nbkit encodes them (prompt, completion, end token), with
+    ``tokenizer`` (default: the embedded SmolLM2's)."""
     import nbkit
     from nbkit.encoding import encode
 
-    tokenizer = nbkit.load_model("smollm2-135m").tokenizer
+    tokenizer = tokenizer or nbkit.load_model("smollm2-135m").tokenizer
     prompt = nbkit.Prompt(**PROMPTS[dataset])
     return [min(MAX_LENGTH, sum(map(len, encode(prompt, r, tokenizer)))) for r in rows(dataset, n)]
 
