@@ -141,8 +141,9 @@ def _score_whole(model, pad_id: int, contexts, choices, batch_size: int, normali
     """Score every (context + choice) sequence whole, right-padded as in training.
 
     Learned prompts put virtual tokens before the input (or into the cache, for prefix tuning),
-    so the shared-cache path of :func:`score_choices` does not apply; this costs one pass per
-    choice instead of one per context.
+    so the shared-cache path of :func:`score_choices` does not apply. Choices of one token need
+    only their context's pass (:func:`completion_logprobs` runs equal sequences once), so
+    single-token labels cost one pass per context, as in the cached path.
     """
     import numpy as np
 
@@ -160,29 +161,44 @@ def completion_logprobs(model, pad_id: int, contexts: Sequence[list[int]], compl
     """Sum of the log-probabilities of each completion's tokens after its context.
 
     Whole sequences, right-padded as in training, sorted by length; works for learned prompts too
-    (their virtual-token positions are dropped). Perplexity is ``exp(-sum / tokens)``.
+    (positions are counted from the end, so virtual tokens before the input do not shift them).
+    A pair's sequence is its context and its completion but the last token (which is only
+    predicted); pairs with the same sequence, as one context with several one-token completions,
+    share one pass. The output head and the softmax run only at the positions that predict a
+    completion token. Perplexity is ``exp(-sum / tokens)``.
     """
     import torch
 
     device = next(model.parameters()).device
-    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]) + len(completions[i]))
+    sequences: dict[tuple, list[int]] = {}  # the tokens a forward pass needs -> the pairs it serves
+    for i, (context, completion) in enumerate(zip(contexts, completions)):
+        if len(completion):
+            sequences.setdefault(tuple(context) + tuple(completion[:-1]), []).append(i)
+    unique = list(sequences)
+    keep_some = _takes_logits_to_keep(model)
     totals = [0.0] * len(contexts)
     with torch.inference_mode():
-        for batch in _batches(order, batch_size):
-            seqs = [list(contexts[i]) + list(completions[i]) for i in batch]
-            width = max(map(len, seqs))
+        for batch in _batches(sorted(range(len(unique)), key=lambda u: len(unique[u])), batch_size):
+            width = max(len(unique[u]) for u in batch)
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
-            for b, seq in enumerate(seqs):
-                ids[b, :len(seq)] = torch.tensor(seq)
-                mask[b, :len(seq)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            logp = logits[:, -width:].float().log_softmax(-1).cpu()  # virtual-token positions dropped
-            for b, i in enumerate(batch):
-                start, comp = len(contexts[i]), torch.tensor(completions[i], dtype=torch.long)
-                if len(comp):
-                    picked = logp[b, start - 1:start - 1 + len(comp)].gather(-1, comp[:, None])
-                    totals[i] = float(picked.sum())
+            wanted = []  # (pair, completion tokens, their positions counted from the end of the batch's width)
+            for b, u in enumerate(batch):
+                ids[b, :len(unique[u])] = torch.tensor(unique[u], dtype=torch.long)
+                mask[b, :len(unique[u])] = 1
+                for i in sequences[unique[u]]:
+                    start = len(contexts[i]) - 1 - width  # the position predicting the first completion token
+                    wanted.append((b, i, start + torch.arange(len(completions[i]))))
+            positions = torch.unique(torch.cat([w[2] for w in wanted]))  # sorted, negative
+            extra = {"logits_to_keep": positions.to(device)} if keep_some else {}
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **extra).logits
+            picked = logits if keep_some else logits[:, positions.to(device)]
+            logp = picked.float().log_softmax(-1).cpu()
+            column = {int(p): c for c, p in enumerate(positions)}
+            for b, i, where in wanted:
+                cols = torch.tensor([column[int(p)] for p in where])
+                tokens = torch.tensor(completions[i], dtype=torch.long)
+                totals[i] = float(logp[b, cols].gather(-1, tokens[:, None]).sum())
     return totals
 
 

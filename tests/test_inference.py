@@ -29,6 +29,41 @@ def test_shared_cache_scoring_matches_scoring_each_sequence_whole(smol, intent_p
     assert np.allclose(alone, slow[1:2], atol=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["prompt-tuning", "prefix-tuning"])
+def test_learned_prompt_scoring_matches_scoring_each_sequence_whole(intent_prompt, kind):
+    """Soft prompts and prefixes score whole sequences; one-token choices share their context's pass, and
+    only the positions that predict a choice token get logits. The scores must not change."""
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    import nbkit
+
+    loaded = nbkit.load_model("smollm2-135m", fresh=True)
+    config = (PromptTuningConfig if kind == "prompt-tuning" else PrefixTuningConfig)(task_type="CAUSAL_LM",
+                                                                                      num_virtual_tokens=5)
+    torch.manual_seed(0)
+    model = get_peft_model(loaded.model, config).eval()
+    tok = loaded.tokenizer
+    rows = [{"text": t, "label": "other"} for t in ("Where is my parcel?", "I was charged twice, please fix", "hi")]
+    contexts = encode_contexts(intent_prompt, rows, tok)
+    choices = [encode_choice(intent_prompt, c, tok) for c in ["refund", "delivery", "account team now", "other"]]
+    passes = len({tuple(c[:-1]) for c in choices})  # all one-token choices share the context's own pass
+    assert passes < len(choices)
+    rows_run = []
+    hook = model.get_base_model().get_input_embeddings().register_forward_hook(
+        lambda module, args, out: rows_run.append(args[0].shape[0]))
+    fast = score_choices(model, tok.pad_token_id, contexts, choices, batch_size=2)
+    hook.remove()
+    assert sum(rows_run) == len(contexts) * passes
+    slow = np.zeros_like(fast)
+    with torch.no_grad():
+        for i, ctx in enumerate(contexts):
+            for j, ch in enumerate(choices):
+                seq = ctx + ch
+                logp = model(input_ids=torch.tensor([seq])).logits[0, -len(seq):].log_softmax(-1)
+                slow[i, j] = sum(logp[len(ctx) - 1 + t, ch[t]].item() for t in range(len(ch)))
+    assert np.allclose(fast, slow, atol=1e-3), np.abs(fast - slow).max()
+
+
 def test_shared_prefix_leaves_every_context_a_token_of_its_own():
     assert shared_prefix([list(range(20)), list(range(20))]) == 19
     assert shared_prefix([list(range(20)), list(range(12)) + [99]]) == 12
