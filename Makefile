@@ -51,6 +51,7 @@ BENCH := train_throughput eval_throughput memory latency methods profile_step
 bench: setup
 	for b in $(BENCH); do $(PY) bench/$$b.py --write || exit 1; done
 	$(PY) bench/profile_step.py --lora-dropout 0 --write
+	$(PY) bench/methods.py --methods lora --precision bf16 --write
 
 bench-quick: setup
 	for b in $(BENCH) gpu; do $(PY) bench/$$b.py --quick || exit 1; done

@@ -9,6 +9,8 @@ trainings on one machine slow each other down and the times would lie.
     .venv/bin/python bench/methods.py                  # all methods, 2 epochs (~30 min on 2 CPU cores)
     .venv/bin/python bench/methods.py --write          # ... and update bench/README.md, README.md, the quickstart
     .venv/bin/python bench/methods.py --quick          # 2 steps each, 8 rows: checks the script runs
+    .venv/bin/python bench/methods.py --methods lora --precision bf16 --write
+                                                       # lora beside lora with bf16 autocast (own table)
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ PROMPT = dict(
 
 
 def one(method: str, epochs: float, quick: bool) -> dict:
-    """Train and evaluate one method in this process; the numbers as a dict."""
+    """Train and evaluate one method in this process; the numbers as a dict.
+
+    ``METHOD@PRECISION`` (``lora@bf16``) trains with that precision (nbkit's ``precision=``; the evaluation
+    runs as every evaluation does)."""
     import nbkit
 
     prompt = nbkit.Prompt(**PROMPT)
@@ -47,7 +52,9 @@ def one(method: str, epochs: float, quick: bool) -> dict:
         row = {"trainable_parameters": 0, "train_seconds": 0.0, "eval_seconds": time.monotonic() - started}
     else:
         steps = {"max_steps": 2} if quick else {"epochs": epochs}
-        run = nbkit.tune(prompt, "sample:intent", method=method, name=method, callbacks=[], **steps)
+        name, _, precision = method.partition("@")
+        run = nbkit.tune(prompt, "sample:intent", method=name, name=method.replace("@", "-"), callbacks=[],
+                         precision=precision or "auto", **steps)
         started = time.monotonic()
         report = nbkit.evaluate(None, run, "sample:intent", limit=limit)
         m = run.metrics
@@ -66,9 +73,11 @@ def table(rows: list[dict], epochs: float) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        name, _, precision = r["method"].partition("@")
+        label = f"{name}, {precision}" if precision else name
         tps = f"{r['tokens_per_second']:.0f}" if r.get("tokens_per_second") else "–"
         time_ = f"{r['train_seconds']:.0f} s" if r["train_seconds"] else "–"
-        lines.append(f"| {r['method']} | {r['accuracy']:.3f} | {r['f1']:.3f} | {r['trainable_parameters']:,} | "
+        lines.append(f"| {label} | {r['accuracy']:.3f} | {r['f1']:.3f} | {r['trainable_parameters']:,} | "
                      f"{time_} | {tps} | {r['peak_memory_mb'] / 1024:.1f} GiB |")
     return "\n".join(lines)
 
@@ -92,6 +101,8 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
     parser.add_argument("--epochs", type=float, default=2.0, help="epochs per method (default 2)")
     parser.add_argument("--quick", action="store_true", help="2 steps and 8 rows each: does it run?")
+    parser.add_argument("--precision", help="also train each method with this precision (bf16, fp16), in rows of "
+                        "their own; --write then updates only bench/README.md's precision table")
     parser.add_argument("--write", action="store_true", help="update bench/README.md, README.md and the quickstart")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -102,7 +113,10 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as runs:
         env = {**os.environ, "NBKIT_RUNS_DIR": runs, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        for method in ["zero-shot"] + args.methods.split(","):
+        methods = args.methods.split(",")
+        if args.precision:
+            methods = [m for name in methods for m in (name, f"{name}@{args.precision}")]
+        for method in ["zero-shot"] + methods:
             cmd = [sys.executable, __file__, "--one", method, "--epochs", str(args.epochs)] + (["--quick"] if args.quick else [])
             done = subprocess.run(cmd, env=env, capture_output=True, text=True)
             found = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -113,16 +127,20 @@ def main() -> int:
             r = rows[-1]
             print(f"{method:14} accuracy {r['accuracy']:.3f}  train {r['train_seconds']:.0f}s  "
                   f"peak {r['peak_memory_mb']} MiB", file=sys.stderr, flush=True)
+    rerun = f"--methods {args.methods} --precision {args.precision} " if args.precision else ""
     what = "2 steps, 8 test rows (quick check, not a result)" if args.quick else f"{args.epochs:g} epochs"
     text = (f"{table(rows, args.epochs)}\n\n`sample:intent`: {what}; each method's default options and learning "
             f"rate; accuracy on the {rows[0]['rows']} test rows. {time.strftime('%Y-%m-%d')}, {machine()}. "
-            f"Rerun: `.venv/bin/python bench/methods.py --write`.")
+            f"Rerun: `.venv/bin/python bench/methods.py {rerun}--write`.")
     print(text)
     if args.quick:
         return 0
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "methods.json").write_text(json.dumps(rows, indent=2) + "\n")
-    if args.write:
+    saved = f"methods-{args.precision}.json" if args.precision else "methods.json"
+    (ROOT / "bench" / "results" / saved).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.write and args.precision:
+        replace_block(ROOT / "bench" / "README.md", "methods-precision-table", text)
+    elif args.write:
         replace_block(ROOT / "bench" / "README.md", "methods-table", text)
         replace_block(ROOT / "README.md", "methods-table", text)
         replace_block_in_notebook(ROOT / "notebooks" / "00_quickstart.ipynb", "methods-table", text)

@@ -66,7 +66,7 @@ SMOKE = {  # the CI mode of each script: the smallest sizes that still run every
     "eval_throughput.py": ["--score-rows", "4", "--generate-rows", "2"],
     "memory.py": ["--steps", "1"],
     "latency.py": [],
-    "methods.py": ["--methods", "lora"],
+    "methods.py": ["--methods", "lora", "--precision", "bf16"],
     "profile_step.py": [],
     "gpu.py": [],  # a tiny random Llama on the CPU: the GPU run's code paths, LoRA and 4-bit QLoRA, both systems
 }
@@ -75,7 +75,7 @@ ROWS = {  # what each table must show a row for
     "eval_throughput.py": ["label scoring", "generation"],
     "memory.py": ["lora fp32", "lora bf16 autocast", "lora bf16 weights", "qlora 4-bit"],
     "latency.py": ["`%load_ext nbkit`", "… nbkit's own time beyond generation"],
-    "methods.py": ["zero-shot", "lora"],
+    "methods.py": ["zero-shot", "lora", "lora, bf16"],
     "profile_step.py": ["matrix products", "LoRA products (rank 8)", "dropout masks (bernoulli)"],
     "gpu.py": ["peft", "nbkit"],
 }
