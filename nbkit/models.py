@@ -91,11 +91,12 @@ def compute_dtype(device: str):
 def autocast_precision(device: str) -> str:
     """What training autocasts to on ``device`` by default: ``bf16``, ``fp16`` or ``fp32``.
 
-    GPUs take bf16 when they have it, fp16 otherwise. CPUs stay in fp32: with
-    AVX512-BF16 (no AMX) a bf16 matmul is 2.2x faster in isolation, yet a LoRA
-    run on SmolLM2 with bf16 autocast was no faster end to end (150 vs 155
-    tokens/s) -- the casts eat the gain on a model this small. ``precision="bf16"``
-    still forces it.
+    GPUs take bf16 when they have it, fp16 otherwise. CPUs stay in fp32 for now:
+    the gain depends on the CPU (none without AVX512-BF16 or AMX), and every saved
+    notebook output and test bar was made in fp32. On a 2-core AVX512-BF16 CPU a
+    two-epoch LoRA run with ``precision="bf16"`` trained 1.25x faster and scored
+    0.775 against fp32's 0.787 on sample:intent (bench/README.md, "bf16 over a
+    whole run"); an earlier measurement there had found no end-to-end gain.
     """
     import torch
 
