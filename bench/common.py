@@ -111,13 +111,20 @@ def median(values):
     return statistics.median(values) if values else None
 
 
-def replace_block(path: Path, marker: str, text: str) -> None:
-    """Replace what lies between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``path``."""
-    source = path.read_text()
+def substitute_block(source: str, marker: str, text: str) -> str | None:
+    """``source`` with ``text`` between ``<!-- marker -->`` and ``<!-- /marker -->``; None without that block."""
     pattern = re.compile(rf"(<!-- {marker} -->\n).*?(<!-- /{marker} -->)", re.S)
     if not pattern.search(source):
+        return None
+    return pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), source)
+
+
+def replace_block(path: Path, marker: str, text: str) -> None:
+    """Replace what lies between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``path``."""
+    replaced = substitute_block(path.read_text(), marker, text)
+    if replaced is None:
         raise SystemExit(f"{path} has no <!-- {marker} --> block")
-    path.write_text(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), source))
+    path.write_text(replaced)
 
 
 def save(name: str, payload) -> None:
@@ -125,6 +132,18 @@ def save(name: str, payload) -> None:
     folder = ROOT / "bench" / "results"
     folder.mkdir(exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def publish(text: str, quick: bool, write: bool, block: str, name: str | None = None, payload=None) -> None:
+    """Print a script's table; unless it was a quick check, save the raw numbers as ``bench/results/<name>.json``
+    and, with ``write``, put the table into bench/README.md's ``block``. A quick check writes nothing."""
+    print(text)
+    if quick:
+        return
+    if name is not None:
+        save(name, payload)
+    if write:
+        replace_block(ROOT / "bench" / "README.md", block, text)
 
 
 def caption(quick: bool, text: str) -> str:

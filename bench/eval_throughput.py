@@ -134,11 +134,7 @@ def main() -> int:
         table.append({"task": "label scoring" if task == "score" else "generation", "rows": rows, "naive": naive,
                       "nbkit": ours, "ratio": naive / ours, "agree": f"{same}/{len(a)}"})
     text = render(table, args.rounds, args.quick)
-    print(text)
-    if not args.quick:
-        common.save("eval_throughput", {"runs": results, "table": table})
-    if args.write:
-        common.replace_block(common.ROOT / "bench" / "README.md", "eval-table", text)
+    common.publish(text, args.quick, args.write, "eval-table", "eval_throughput", {"runs": results, "table": table})
     return 0
 
 

@@ -247,11 +247,7 @@ def main() -> int:
                           f"peak {r['peak_memory_mb']:7.0f} MiB  loss {r['final_loss']:.3f}", file=sys.stderr, flush=True)
     where = found["gpu"] or "the CPU"
     text = render(table, peak, args.examples, args.quick, where)
-    print(text)
-    if not args.quick:
-        common.save("gpu", {"machine": found, "peak_bf16": peak, "table": table})
-    if args.write:
-        common.replace_block(common.ROOT / "bench" / "README.md", "gpu-table", text)
+    common.publish(text, args.quick, args.write, "gpu-table", "gpu", {"machine": found, "peak_bf16": peak, "table": table})
     return 0
 
 

@@ -148,11 +148,7 @@ def main() -> int:
     warm = {k: (common.median([w[k] for w in calm]) if not isinstance(calm[0][k], bool) else calm[0][k])
             for k in calm[0]}
     text = render(cold, warm, rounds, args.quick)
-    print(text)
-    if not args.quick:
-        common.save("latency", {"cold": cold, "warm": warms})
-    if args.write:
-        common.replace_block(common.ROOT / "bench" / "README.md", "latency-table", text)
+    common.publish(text, args.quick, args.write, "latency-table", "latency", {"cold": cold, "warm": warms})
     return 0
 
 

@@ -130,11 +130,7 @@ def main() -> int:
         print(f"{variant:20} footprint {r['footprint_mb']:5.0f} MiB  peak {r['peak_memory_mb']:5.0f} MiB  "
               f"loss {r['first_loss']:.2f} -> {r['last_loss']:.2f}", file=sys.stderr, flush=True)
     text = render(rows, args.steps, args.quick)
-    print(text)
-    if not args.quick:
-        common.save("memory", rows)
-    if args.write:
-        common.replace_block(common.ROOT / "bench" / "README.md", "memory-table", text)
+    common.publish(text, args.quick, args.write, "memory-table", "memory", rows)
     return 0
 
 

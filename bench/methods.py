@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mb, replace_block  # noqa: E402
+import common  # noqa: E402
+from common import peak_rss_mb, replace_block, substitute_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ["lora", "qlora", "dora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning", "full"]
@@ -87,12 +87,13 @@ def replace_block_in_notebook(path: Path, marker: str, text: str) -> None:
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    pattern = re.compile(rf"(<!-- {marker} -->\n).*?(<!-- /{marker} -->)", re.S)
-    cells = [c for c in nb.cells if c.cell_type == "markdown" and pattern.search(c.source)]
-    if not cells:
+    found = False
+    for cell in nb.cells:
+        replaced = substitute_block(cell.source, marker, text) if cell.cell_type == "markdown" else None
+        if replaced is not None:
+            cell.source, found = replaced, True
+    if not found:
         raise SystemExit(f"{path} has no markdown cell with a <!-- {marker} --> block")
-    for cell in cells:
-        cell.source = pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), cell.source)
     nbformat.write(nb, path)
 
 
@@ -127,21 +128,15 @@ def main() -> int:
             r = rows[-1]
             print(f"{method:14} accuracy {r['accuracy']:.3f}  train {r['train_seconds']:.0f}s  "
                   f"peak {r['peak_memory_mb']} MiB", file=sys.stderr, flush=True)
-    rerun = f"--methods {args.methods} --precision {args.precision} " if args.precision else ""
-    what = "2 steps, 8 test rows (quick check, not a result)" if args.quick else f"{args.epochs:g} epochs"
-    text = (f"{table(rows, args.epochs)}\n\n`sample:intent`: {what}; each method's default options and learning "
-            f"rate; accuracy on the {rows[0]['rows']} test rows. {time.strftime('%Y-%m-%d')}, {machine()}. "
-            f"Rerun: `.venv/bin/python bench/methods.py {rerun}--write`.")
-    print(text)
-    if args.quick:
+    what = "2 steps, 8 test rows" if args.quick else f"{args.epochs:g} epochs"
+    text = table(rows, args.epochs) + common.caption(
+        args.quick, f"`sample:intent`: {what}; each method's default options and learning rate; accuracy on the "
+                    f"{rows[0]['rows']} test rows.")
+    if args.precision:  # a table of its own, in bench/README.md only
+        common.publish(text, args.quick, args.write, "methods-precision-table", f"methods-{args.precision}", rows)
         return 0
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    saved = f"methods-{args.precision}.json" if args.precision else "methods.json"
-    (ROOT / "bench" / "results" / saved).write_text(json.dumps(rows, indent=2) + "\n")
-    if args.write and args.precision:
-        replace_block(ROOT / "bench" / "README.md", "methods-precision-table", text)
-    elif args.write:
-        replace_block(ROOT / "bench" / "README.md", "methods-table", text)
+    common.publish(text, args.quick, args.write, "methods-table", "methods", rows)
+    if args.write and not args.quick:  # the main table also stands in README.md and the quickstart
         replace_block(ROOT / "README.md", "methods-table", text)
         replace_block_in_notebook(ROOT / "notebooks" / "00_quickstart.ipynb", "methods-table", text)
     return 0

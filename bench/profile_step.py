@@ -100,15 +100,13 @@ def main() -> int:
 
     tt.LORA["dropout"] = args.lora_dropout
     if args.quick:
-        args.examples, args.write = 2, False
+        args.examples = 2
 
     with tempfile.TemporaryDirectory() as out:
         os.environ["NBKIT_RUNS_DIR"] = out
         text = render(profile(args.dataset, args.examples), args.quick)
-    print(text)
-    if args.write:
-        common.replace_block(common.ROOT / "bench" / "README.md",
-                             f"profile-{args.dataset}" + ("-no-dropout" if args.lora_dropout == 0 else ""), text)
+    common.publish(text, args.quick, args.write,
+                   f"profile-{args.dataset}" + ("-no-dropout" if args.lora_dropout == 0 else ""))
     return 0
 
 

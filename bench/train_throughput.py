@@ -293,11 +293,8 @@ def main() -> int:
                       f"loss {r['final_loss']:.3f}", file=sys.stderr, flush=True)
     table = summarise(results, peaks, args.examples)
     text = render(table, peaks, args.examples, max(t["rounds"] for t in table), args.quick)
-    print(text)
-    if not args.quick:
-        common.save("train_throughput", {"peaks": peaks, "runs": results, "table": table})
-    if args.write:
-        common.replace_block(common.ROOT / "bench" / "README.md", "train-table", text)
+    common.publish(text, args.quick, args.write, "train-table", "train_throughput",
+                   {"peaks": peaks, "runs": results, "table": table})
     return 0
 
 
