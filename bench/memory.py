@@ -85,7 +85,7 @@ def _bf16_weights(prompt, train, out: str, steps: int) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
     from nbkit.encoding import training_example
-    from nbkit.training import _collate
+    from nbkit.training.trainer import collate
 
     path = common.model_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -97,7 +97,7 @@ def _bf16_weights(prompt, train, out: str, steps: int) -> None:
                              logging_steps=1, save_strategy="no", report_to="none", bf16=True, use_cpu=True,
                              remove_unused_columns=False)
     Trainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-            data_collator=_collate(tokenizer.pad_token_id or tokenizer.eos_token_id)).train()
+            data_collator=collate(tokenizer.pad_token_id or tokenizer.eos_token_id)).train()
 
 
 def render(rows: list[dict], steps: int, quick: bool) -> str:

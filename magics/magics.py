@@ -167,12 +167,13 @@ class NbkitMagics(Magics):
             Message: {{ text }}
             Team:
         """
-        from nbkit.prompts import Prompt, register_prompt
+        from nbkit.prompts import Prompt
+        from nbkit.session import register_prompt
 
         args = self._parse(self.prompt, line)
         retrieve = None
         if args.retrieve:
-            from nbkit.encoders import get_index
+            from nbkit.retrieval import get_index
 
             retrieve = str(get_index(args.retrieve, self.shell.user_ns).path)
         elif args.k != 3 or args.query:
@@ -364,7 +365,7 @@ class NbkitMagics(Magics):
                 raise UsageError(f"--{name.replace('_', '-')} {why}")
 
     def _versus(self, args):
-        from nbkit.models import DEFAULT_MODEL
+        from nbkit.config import DEFAULT_MODEL
         from nbkit.versus import APPROACHES, prompt_vs_finetune
 
         if not args.prompt or len(args.prompt) > 1:
@@ -425,7 +426,7 @@ class NbkitMagics(Magics):
         if args.what == "login":
             import getpass
 
-            from nbkit.api import login
+            from nbkit.models.api import login
 
             if args.provider != "openai":
                 raise UsageError("usage: %nbkit login openai")
@@ -457,16 +458,13 @@ class NbkitMagics(Magics):
 
 def listing() -> str:
     """The session's prompts, runs and loaded models, as text (no heavy imports)."""
-    import sys
-
-    from nbkit.prompts import PROMPTS
-    from nbkit.runs import available_runs
+    from nbkit.session import available_runs, current
 
     lines = ["prompts:"] + [f"  {n}: {', '.join(sorted(p.variables)) or 'no variables'}"
-                            + (f"; choices {', '.join(p.choices)}" if p.choices else "") for n, p in PROMPTS.items()]
+                            + (f"; choices {', '.join(p.choices)}" if p.choices else "") for n, p in current().prompts.items()]
     lines += ["runs:"] + [f"  {n}" for n in available_runs()]
-    models = sys.modules.get("nbkit.models")
-    lines += ["models loaded:"] + [f"  {m!r}" for m in (models.MODELS.values() if models else [])]
+    loaded = [m for kind in ("decoder", "encoder", "seq2seq") for m in current().loaded(kind)]
+    lines += ["models loaded:"] + [f"  {m!r}" for m in loaded]
     return "\n".join(lines)
 
 

@@ -15,10 +15,10 @@ __all__ = [
 
 # name -> module that defines it; resolved on first access (PEP 562)
 _LAZY = {
-    "Prompt": "prompts", "tune": "training", "TuneConfig": "training", "evaluate": "evaluation",
+    "Prompt": "prompts", "tune": "training", "TuneConfig": "config", "evaluate": "evaluation",
     "generate": "evaluation", "Report": "results", "Generations": "results", "Run": "runs",
     "load_model": "models", "load_data": "data", "export": "exports", "search_prompts": "search",
-    "prompt_vs_finetune": "versus", "index": "encoders", "Index": "encoders",
+    "prompt_vs_finetune": "versus", "index": "retrieval", "Index": "retrieval",
 }
 
 

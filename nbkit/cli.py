@@ -59,10 +59,12 @@ def _sweep(args) -> int:
 
 def _tune(args) -> int:
     from .distributed import world
-    from .jobfiles import run_job
+    from .jobfiles import read_job, tune_arguments
+    from .training import tune
 
     overrides = list(args.set) + ([f"name={args.name}"] if args.name else [])
-    run = run_job(args.config, overrides, resume=args.resume, overwrite=args.overwrite)
+    prompt, data, settings = tune_arguments(read_job(args.config, overrides))
+    run = tune(prompt, data, **settings, resume=args.resume, overwrite=args.overwrite)
     if world().main:
         m = run.metrics
         dev = {k: v for k, v in m.items() if k.startswith("dev_") and k != "dev_examples"}

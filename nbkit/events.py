@@ -169,7 +169,7 @@ class PlainProgress(Callback):
         best = "  (best so far)" if e.best else ""
         self._print(f"  eval at step {e.step}: dev {e.metric} {value}{best}")
         for s in e.samples[:2]:
-            self._print(f"    {_short(s['input'])!r} -> {_short(s['output'])!r} (expected {_short(s['expected'])!r})")
+            self._print(f"    {short(s['input'])!r} -> {short(s['output'])!r} (expected {short(s['expected'])!r})")
 
     def on_note(self, text: str) -> None:
         self._print(f"  {text}")
@@ -185,6 +185,6 @@ def task_loss_text(losses: dict) -> str:
     return ", ".join(f"{name} {value:.4f}" for name, value in losses.items())
 
 
-def _short(text: str, width: int = 60) -> str:
+def short(text: str, width: int = 60) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else "…" + text[-(width - 1):]

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, NbkitError, RunExistsError
-from .runs import Run, get_run, write_json
+from .runs import Run, write_json
+from .session import get_run
 
 
 @dataclass
@@ -87,7 +88,8 @@ def _merge(run: Run, tmp: Path, final: Path, n: int) -> Export:
     from .data import load_data
     from .encoding import encode_contexts
     from .methods import get_method
-    from .models import _quiet, load_model
+    from .hf import quiet
+    from .models import load_model
     from .prompts import Prompt
 
     method = get_method(run.config.get("method", "lora"))
@@ -123,7 +125,7 @@ def _merge(run: Run, tmp: Path, final: Path, n: int) -> Export:
     if diff > 1e-2 * scale:
         raise NbkitError(f"the merged model's logits differ from the adapter's by {diff:.3g} (of {scale:.3g}); "
                          f"nothing was written to {final}")
-    with _quiet():
+    with quiet():
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return Export(final, True, diff, len(contexts))

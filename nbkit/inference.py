@@ -52,7 +52,7 @@ def score_choices(model, pad_id: int, contexts: Sequence[list[int]], choices: Se
         tail_mask[j, :len(ch) - 1] = 1
     shared = shared_prefix(contexts)
     # only the last position's logits are read: not a vocabulary-wide row for every input token
-    last = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+    last = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
     order = sorted(range(len(contexts)), key=lambda k: len(contexts[k]))
     scores = np.zeros((len(contexts), n_choices))
     with torch.inference_mode():
@@ -124,7 +124,7 @@ def prefix_cache(out) -> tuple[str, object]:
     return key, getattr(out, key)
 
 
-def _takes_logits_to_keep(model) -> bool:
+def takes_logits_to_keep(model) -> bool:
     import inspect
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -175,7 +175,7 @@ def completion_logprobs(model, pad_id: int, contexts: Sequence[list[int]], compl
         if len(completion):
             sequences.setdefault(tuple(context) + tuple(completion[:-1]), []).append(i)
     unique = list(sequences)
-    keep_some = _takes_logits_to_keep(model)
+    keep_some = takes_logits_to_keep(model)
     totals = [0.0] * len(contexts)
     with torch.inference_mode():
         for batch in _batches(sorted(range(len(unique)), key=lambda u: len(unique[u])), batch_size):

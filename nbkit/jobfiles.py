@@ -19,16 +19,22 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import ConfigError
+from .config import TuneConfig, task_names
+from .data import load_data, save_splits
+from .errors import ConfigError, NbkitError
+from .jobs import parse_value
+from .prompts import Prompt
+from .runs import Run
+from .session import register_prompt
 
 VERSION = 1
 # keys of a job file besides the TuneConfig fields
 EXTRA_KEYS = ("nbkit_job", "prompts")
+# TuneConfig fields a recipe decides from the model and the prompt; a job file may carry them, tune does not take them
+DERIVED = ("architecture", "labels")
 
 
 def _config_fields() -> dict[str, Any]:
-    from .training import TuneConfig
-
     hints = typing.get_type_hints(TuneConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(TuneConfig)}
 
@@ -53,9 +59,7 @@ def write_job(path: str | os.PathLike, config: Mapping, prompts: Sequence, datas
     if path.suffix.lower() not in (".yaml", ".yml"):
         raise ConfigError("export", f"writes a YAML job file; give a name ending in .yaml, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    from .training import _task_names
-
-    names = _task_names([p.name for p in prompts])
+    names = task_names([p.name for p in prompts])
     specs = [_portable_spec(data, path, name, namespace) for name, data in zip(names, datas)]
     body = dict(config)
     body["data"] = specs if len(specs) > 1 else specs[0]
@@ -74,8 +78,6 @@ def write_job(path: str | os.PathLike, config: Mapping, prompts: Sequence, datas
 
 def _portable_spec(data, job: Path, name: str, namespace) -> str:
     """A data spec that means the same thing read from ``job``'s folder; variables become files."""
-    from .data import load_data, save_splits
-
     if isinstance(data, str) and data.startswith(("sample:", "hf:")):
         return data
     if isinstance(data, str) and Path(data).expanduser().exists():
@@ -100,7 +102,7 @@ _Dumper.add_representer(str, _str)
 
 
 @dataclasses.dataclass
-class Job:
+class JobFile:
     """A job file, read and checked: the tune settings, the prompts, where the file is."""
 
     path: Path
@@ -108,15 +110,13 @@ class Job:
     prompts: dict  # name -> Prompt
 
 
-def read_job(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Job:
+def read_job(path: str | os.PathLike, overrides: Sequence[str] = ()) -> JobFile:
     """Read and check a job file; ``overrides`` are ``key=value`` strings (``options.r=16`` reaches into maps).
 
     Raises:
         ConfigError: naming the key and its line for unknown keys, missing fields and wrong types.
     """
     import yaml
-
-    from .prompts import Prompt
 
     path = Path(path)
     if not path.exists():
@@ -175,26 +175,31 @@ def read_job(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Job:
 
     settings["data"] = _relative_to(settings["data"], path.parent)
     try:
-        from .training import TuneConfig
-
         TuneConfig(**settings)  # the same checks as in a notebook
     except ConfigError as e:
         raise ConfigError(e.field, f"{str(e).split(' ', 1)[1]} {where(e.field)}") from None
-    return Job(path, settings, prompts)
+    return JobFile(path, settings, prompts)
 
 
-def run_job(path: str | os.PathLike, overrides: Sequence[str] = (), *, resume: bool = False,
-            overwrite: bool = False, callbacks=None):
-    """Run a job file headless (in this process, or in each process of a torchrun / accelerate launch)."""
-    from .prompts import register_prompt
-    from .training import tune
+def job_from_run(run: Run, path: str | os.PathLike) -> Path:
+    """Write ``run``'s configuration as a job file: ``nbkit tune --config FILE`` trains it again
+    (under a new name unless ``--name`` says otherwise), headless or under torchrun."""
+    tasks = run.tasks
+    kept = [t["data"] for t in tasks if str(t["data"]).startswith("<")]
+    if kept:
+        raise NbkitError(f"run {run.name!r} trained on data held in a notebook variable ({kept[0]}), which a "
+                         "run does not keep; write the job with %tune ... --export FILE while the variable exists")
+    config = {**run.config, "name": None}
+    return write_job(path, config, [Prompt.from_dict(t["prompt"]) for t in tasks], [t["data"] for t in tasks])
 
-    job = read_job(path, overrides)
+
+def tune_arguments(job: "JobFile") -> tuple[Any, Any, dict]:
+    """(prompt, data, keyword arguments of ``nbkit.tune``) of a job file, its prompts registered."""
     for prompt in job.prompts.values():
         register_prompt(prompt)
-    settings = dict(job.settings)
+    settings = {k: v for k, v in job.settings.items() if k not in DERIVED}
     prompt, data, options = settings.pop("prompt"), settings.pop("data"), settings.pop("options", {}) or {}
-    return tune(prompt, data, **settings, **options, resume=resume, overwrite=overwrite, callbacks=callbacks)
+    return prompt, data, {**settings, **options}
 
 
 def _relative_to(data, folder: Path):
@@ -213,8 +218,6 @@ def _override(document: dict, item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise ConfigError("set", f"takes key=value, got {item!r}")
-    from .jobs import parse_value
-
     value = parse_value(raw)  # Python literals: 3, 1e-4, None, [1, 2]
     if isinstance(value, str):
         try:

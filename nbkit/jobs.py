@@ -23,14 +23,14 @@ from .errors import ConfigError, NbkitError
 class JobFailed(NbkitError):
     """A notebook job stopped on an error in one of its cells."""
 
-    def __init__(self, job: "Job", cell_index: int | None, ename: str, evalue: str):
+    def __init__(self, job: "NotebookJob", cell_index: int | None, ename: str, evalue: str):
         self.job, self.cell_index, self.ename, self.evalue = job, cell_index, ename, evalue
         where = f"cell {cell_index}" if cell_index is not None else "the kernel"
         super().__init__(f"{job.notebook.name} failed in {where}: {ename}: {evalue} (output: {job.output})")
 
 
 @dataclass
-class Job:
+class NotebookJob:
     notebook: Path
     folder: Path
     parameters: dict = field(default_factory=dict)
@@ -96,7 +96,7 @@ def _new_folder(parent: Path, name: str) -> Path:
 
 
 def run_notebook(notebook: str | os.PathLike, parameters: Mapping[str, Any] | None = None,
-                 jobs_dir: str | os.PathLike = "jobs", kernel: str | None = None, name: str | None = None) -> Job:
+                 jobs_dir: str | os.PathLike = "jobs", kernel: str | None = None, name: str | None = None) -> NotebookJob:
     """Execute ``notebook`` with papermill into a new job folder.
 
     Args:
@@ -107,7 +107,7 @@ def run_notebook(notebook: str | os.PathLike, parameters: Mapping[str, Any] | No
         name: the job folder's name (default ``<notebook>-<time>``; ``-2``… is added if it is taken).
 
     Returns:
-        The finished :class:`Job`.
+        The finished :class:`NotebookJob`.
 
     Raises:
         JobFailed: a cell raised; the executed notebook is kept in the job folder.
@@ -118,7 +118,7 @@ def run_notebook(notebook: str | os.PathLike, parameters: Mapping[str, Any] | No
     parameters = dict(parameters or {})
     check_parameters(notebook, parameters)
     folder = _new_folder(Path(jobs_dir), name or f"{notebook.stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    job = Job(notebook.resolve(), folder.resolve(), parameters)
+    job = NotebookJob(notebook.resolve(), folder.resolve(), parameters)
     env = {"NBKIT_JOB_DIR": str(job.folder), "NBKIT_RUNS_DIR": str(job.folder / "runs"), "NBKIT_PROGRESS": "plain"}
     saved = {k: os.environ.get(k) for k in env}
     # The kernel inherits them: papermill gives no way to pass a kernel its env (and its cwd is an
@@ -225,7 +225,7 @@ def _metrics(reports: list[dict]) -> dict[str, dict[str, Any]]:
 def _frame(notebook: Path, names: list[str], combos: list[tuple], outcomes: list[dict]):
     import pandas as pd
 
-    found = [_metrics(Job(notebook, Path(o["folder"])).reports()) for o in outcomes]
+    found = [_metrics(NotebookJob(notebook, Path(o["folder"])).reports()) for o in outcomes]
     one_target = all(len(m) <= 1 for m in found)  # then columns are just the metric names
     targets = {t for m in found for t in m}
     rows, metrics = [], []

@@ -68,7 +68,7 @@ def autoprompt(prompt: Prompt, loaded, rows: Sequence[dict], *, triggers: int = 
     """
     import torch
 
-    from .training import _head_on_targets
+    from .training.trainer import head_on_targets
 
     if not prompt.choices:
         raise ConfigError("strategy", "gradient search optimises the label likelihood: the prompt needs --choices")
@@ -116,7 +116,7 @@ def autoprompt(prompt: Prompt, loaded, rows: Sequence[dict], *, triggers: int = 
                 ids, lab, mask, where = tensors(trigger_ids, chosen)
                 inputs = {"attention_mask": mask, "labels": lab}
                 inputs.update({"inputs_embeds": embeds(ids, where)} if embeds else {"input_ids": ids})
-                return lm(**_head_on_targets(lm, inputs)).loss.float()
+                return lm(**head_on_targets(lm, inputs)).loss.float()
 
             for step in range(steps):
                 chosen = rng.sample(examples, min(batch, len(examples)))

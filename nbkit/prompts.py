@@ -17,7 +17,7 @@ import jinja2
 import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
-from .errors import ConfigError, TemplateError, UnknownNameError
+from .errors import ConfigError, TemplateError
 
 # Sandboxed: templates come from notebooks and run files that may be shared;
 # StrictUndefined: a misspelt variable must fail, not render as "".
@@ -52,7 +52,7 @@ class Prompt:
             (the training examples most similar to the row, by the embedded MiniLM sentence
             encoder's cosine similarity of the rendered instructions; the nearest is shown last).
         chat: use the tokenizer's chat template; ``None`` decides by the tokenizer.
-        retrieve: a saved semantic-search index (its directory, from :func:`nbkit.encoders.index`):
+        retrieve: a saved semantic-search index (its directory, from :func:`nbkit.index`):
             each row's ``{{ passages }}`` become the ``k`` documents most similar to its ``query``
             column (default the first of ``question``, ``query``, ``text`` the row has), numbered.
         k: how many passages ``retrieve`` puts in.
@@ -151,9 +151,7 @@ class Prompt:
                 raise TemplateError(f"prompt {self.name!r} retrieves passages for the row's {column!r} column, "
                                     f"which the row lacks; it has: {', '.join(sorted(row))} (set query=...)",
                                     variable=column)
-            from .encoders import get_index
-
-            row = {**row, "passages": get_index(self.retrieve).passages(str(row[column]), self.k)}
+            row = {**row, "passages": _retrieval("passages")(self.retrieve, str(row[column]), self.k)}
         return self._render(self._compiled, row).strip()
 
     def render_target(self, row: Mapping[str, Any]) -> str:
@@ -216,11 +214,9 @@ class Prompt:
         if self.selection != "nearest":
             return [self.pick_shots(pool, seed=seed + i, exclude=row if exclude_self else None)
                     for i, row in enumerate(rows)]
-        from .embeddings import nearest
-
         if len(pool) - exclude_self < self.shots:
             raise ConfigError("shots", f"asks for {self.shots} examples but the training split has {len(pool)}")
-        found = nearest([self.render(r) for r in rows], [self.render(r) for r in pool], self.shots,
+        found = _retrieval("nearest")([self.render(r) for r in rows], [self.render(r) for r in pool], self.shots,
                         exclude_same=exclude_self)
         return [[pool[j] for j in picked] for picked in found]
 
@@ -264,21 +260,22 @@ class Prompt:
 
 SELECTIONS = ("random", "balanced", "nearest")
 
-# The session's prompts, by name: %%prompt defines, %tune/%evaluate look up.
-PROMPTS: dict[str, Prompt] = {}
+
+# -- what the prompt layer is handed -----------------------------------------------------------
+# Prompts sit below the models and the indexes, so a prompt that retrieves passages or picks its
+# nearest shots is handed the two functions that do it (nbkit.retrieval hands them over when it
+# is imported, as every layer that renders prompts for a model does), instead of importing upwards.
+_RETRIEVAL: dict[str, Any] = {}
 
 
-def register_prompt(prompt: Prompt) -> Prompt:
-    """Make ``prompt`` available by its name for this session."""
-    PROMPTS[prompt.name] = prompt
-    return prompt
+def use_retrieval(passages, nearest) -> None:
+    """Hand the prompt layer ``passages(index, query, k) -> str`` and
+    ``nearest(queries, pool, k, exclude_same) -> [[pool index, ...], ...]``."""
+    _RETRIEVAL.update(passages=passages, nearest=nearest)
 
 
-def get_prompt(prompt: "Prompt | str") -> Prompt:
-    """A registered prompt by name (or the prompt itself)."""
-    if isinstance(prompt, Prompt):
-        return prompt
-    try:
-        return PROMPTS[prompt]
-    except KeyError:
-        raise UnknownNameError("prompt", prompt, PROMPTS, "define it with %%prompt NAME or nbkit.Prompt(...)") from None
+def _retrieval(what: str):
+    if what not in _RETRIEVAL:
+        raise ConfigError("retrieve" if what == "passages" else "selection",
+                          "needs nbkit's retrieval layer: import nbkit.retrieval (nbkit.index does) first")
+    return _RETRIEVAL[what]

@@ -158,7 +158,7 @@ class Report:
     def _disagreement_html(self) -> str:
         import pandas as pd
 
-        from .events import _short
+        from .events import short
 
         names = list(self.predictions)
         if len(names) < 2:
@@ -168,7 +168,7 @@ class Report:
             d = self.disagreements(names[0], other)
             gains, losses = d[d["right"] == other], d[d["right"] == names[0]]
             rows = "".join(
-                f"<tr><td>{html.escape(_short(r['input'], 80))}</td><td>{html.escape(str(r['expected']))}</td>"
+                f"<tr><td>{html.escape(short(r['input'], 80))}</td><td>{html.escape(str(r['expected']))}</td>"
                 f"<td>{html.escape(str(r[names[0]]))}</td><td>{html.escape(str(r[other]))}</td></tr>"
                 for _, r in pd.concat([gains.head(3), losses.head(3)]).iterrows()
             )
@@ -218,6 +218,14 @@ class Report:
                 for row in frame.to_dict(orient="records"):
                     f.write(json.dumps({"target": target, **row}, default=_plain) + "\n")
         return path
+
+
+def keep_report(report: "Report", runs) -> None:
+    """Keep a report where jobs collect it: each evaluated run's ``evaluations/`` and ``$NBKIT_JOB_DIR``."""
+    for run in runs:
+        report.save(run.path / "evaluations")
+    if os.environ.get("NBKIT_JOB_DIR"):
+        report.save(os.path.join(os.environ["NBKIT_JOB_DIR"], "reports"))
 
 
 def _plain(value: Any):

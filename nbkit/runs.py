@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import NbkitError, UnknownNameError
+from .errors import RunExistsError, UnknownNameError
 
 
 def runs_dir() -> Path:
@@ -66,6 +66,17 @@ class Run:
     @property
     def config(self) -> dict:
         return self._read("config.json", {})
+
+    @property
+    def task(self) -> str:
+        """``generation``, ``classification`` or ``embedding``."""
+        return self.config.get("task", "generation")
+
+    @property
+    def family(self) -> str:
+        """The family of the model it tuned: ``decoder``, ``encoder`` or ``seq2seq`` (from its config)."""
+        config = self.config
+        return config.get("architecture") or ("encoder" if self.task != "generation" else "decoder")
 
     @property
     def prompt(self) -> dict:
@@ -147,31 +158,17 @@ class Run:
         )
         return f"<div class='nbkit-run'><b>nbkit run {html.escape(self.name)}</b><table>{body}</table></div>"
 
-    def export(self, path: str | os.PathLike) -> Path:
-        """Write this run's configuration as a job file: ``nbkit tune --config FILE`` trains it again
-        (under a new name unless ``--name`` says otherwise), headless or under torchrun."""
-        from .jobfiles import write_job
-        from .prompts import Prompt
-
-        tasks = self.tasks
-        kept = [t["data"] for t in tasks if str(t["data"]).startswith("<")]
-        if kept:
-            raise NbkitError(f"run {self.name!r} trained on data held in a notebook variable ({kept[0]}), which a "
-                             "run does not keep; write the job with %tune ... --export FILE while the variable exists")
-        config = {**self.config, "name": None}
-        return write_job(path, config, [Prompt.from_dict(t["prompt"]) for t in tasks], [t["data"] for t in tasks])
-
     # -- writing (used by training) ---------------------------------------------
     @classmethod
     def check_create(cls, name: str, overwrite: bool = False, resume: bool = False, root: Path | None = None) -> Path:
         """Where :meth:`create` would write, or the error it would raise."""
-        from .errors import RunExistsError
-
         path = (root or runs_dir()) / name
         if path.exists() and not resume and not overwrite:
             raise RunExistsError(path)
         if resume and not path.exists():
-            raise UnknownNameError("run to resume", name, available_runs(root), "")
+            root = root or runs_dir()
+            on_disk = [p.name for p in root.iterdir() if (p / "config.json").exists()] if root.is_dir() else []
+            raise UnknownNameError("run to resume", name, on_disk, "")
         return path
 
     @classmethod
@@ -219,30 +216,10 @@ def _fmt(value, unit: str = "", digits: int = 4):
     return f"{value:.{digits}f}{unit}" if digits else f"{value:,.0f}{unit}"
 
 
-# Runs made or loaded in this session, by name.
-RUNS: dict[str, Run] = {}
-
-
-def available_runs(root: Path | None = None) -> list[str]:
-    root = root or runs_dir()
-    found = {p.name for p in root.iterdir() if (p / "config.json").exists()} if root.is_dir() else set()
-    return sorted(found | set(RUNS))
-
-
-def get_run(spec: Any, namespace: Mapping[str, Any] | None = None) -> Run:
-    """A run from a :class:`Run`, a variable name, a run name or a directory."""
-    if isinstance(spec, Run):
-        return spec
-    spec = str(spec)
-    namespace = namespace or {}
-    if isinstance(namespace.get(spec), Run):
-        return namespace[spec]
-    if spec in RUNS:
-        return RUNS[spec]
-    for path in (runs_dir() / spec, Path(spec).expanduser()):
-        if (path / "config.json").exists():
-            run = Run(path)
-            if not run.has_adapter():
-                raise NbkitError(f"run {run.name!r} has no adapter (status: {run.status}); it did not finish training")
-            return run
-    raise UnknownNameError("run", spec, available_runs(), "A run can also be a run directory or a variable holding a Run")
+def free_name(base: str, root: Path | None = None) -> str:
+    """``base``, or ``base-2``, ``base-3``, … if a run of that name exists."""
+    root, name, n = root or runs_dir(), base, 1
+    while (root / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name

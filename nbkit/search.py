@@ -17,7 +17,8 @@ import time
 from typing import Any, Mapping, Sequence
 
 from .errors import ConfigError
-from .prompts import SELECTIONS, Prompt, get_prompt, register_prompt
+from .prompts import SELECTIONS, Prompt
+from .session import get_prompt, register_prompt
 
 
 def search_prompts(
@@ -74,7 +75,8 @@ def search_prompts(
     import pandas as pd
 
     from .data import load_data
-    from .evaluation import _metrics_for, _predict
+    from .evaluation import metrics_for
+    from .predict.decoder import predict_decoder
     from .metrics import compute_metrics
     from .models import DEFAULT_MODEL, load_model
     from .results import Report
@@ -128,9 +130,9 @@ def search_prompts(
                             "shots": k, "selection": how if k else "-"}
 
     def score(p: Prompt, rows) -> tuple[dict, Any]:
-        names = _metrics_for(p, [rank_by] + (["accuracy"] if p.choices and rank_by != "accuracy" else []))
+        names = metrics_for(p, [rank_by] + (["accuracy"] if p.choices and rank_by != "accuracy" else []))
         with loaded.adapter(None) as lm:  # the base model, whatever adapter the session swapped on
-            frame = _predict(lm, loaded.tokenizer, p, rows, pool, scoring, batch_size,
+            frame = predict_decoder(lm, loaded.tokenizer, p, rows, pool, scoring, batch_size,
                              perplexity="perplexity" in names)
         return compute_metrics(frame, names, p.choices), frame
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .errors import ConfigError, MissingDependencyError, NbkitError
-from .models import DEFAULT_MODEL
+from .config import DEFAULT_MODEL
 
 HOST, PORT = "127.0.0.1", 8000
 
@@ -52,7 +52,7 @@ class HTTPError(Exception):
 
 
 @dataclass
-class Job:
+class GenerationRequest:
     """One request for the worker: its prompts (token ids) and generation settings."""
 
     model: str
@@ -84,9 +84,9 @@ class Backend:
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, runs: Sequence[str] = (), limits: Limits | None = None):
-        from .evaluation import run_model
+        from .predict import run_model
         from .models import load_model
-        from .runs import get_run
+        from .session import get_run
 
         self.limits = limits or Limits()
         self.base = model
@@ -111,7 +111,7 @@ class Backend:
         config = self.targets[name][0].model.config
         return int(getattr(config, "max_position_embeddings", 2048) or 2048)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: GenerationRequest) -> None:
         if self.queue.qsize() >= self.limits.max_queue:
             raise HTTPError(503, f"the server has {self.queue.qsize()} requests waiting; try again shortly",
                             type="server_busy")
@@ -138,7 +138,7 @@ class Backend:
                         rows += len(other.contexts)
             self._run(batch)
 
-    def _run(self, batch: list[Job]) -> None:
+    def _run(self, batch: list[GenerationRequest]) -> None:
         import torch
 
         from .inference import generate_tokens
@@ -290,7 +290,7 @@ class Server:
             raise HTTPError(400, "the request body must be a JSON object")
         return body
 
-    def _job(self, body: dict, chat: bool) -> tuple[Job, dict]:
+    def _job(self, body: dict, chat: bool) -> tuple[GenerationRequest, dict]:
         name = body.get("model")
         if name not in self.backend.targets:
             raise HTTPError(404, f"model {name!r} is not served here; models: {', '.join(self.backend.targets)}",
@@ -343,7 +343,7 @@ class Server:
                                 f"model's {room}", param="messages" if chat else "prompt", code="context_length_exceeded")
         if body.get("stream") and logprobs is not None:
             raise HTTPError(400, "logprobs are not supported with stream", param="logprobs")
-        return Job(name, contexts, max_tokens, logprobs=logprobs, **options), {"name": name, "tokenizer": tok}
+        return GenerationRequest(name, contexts, max_tokens, logprobs=logprobs, **options), {"name": name, "tokenizer": tok}
 
     async def _complete(self, request, chat: bool):
         self._check_key(request)
@@ -433,13 +433,13 @@ def _stop_prefix(text: str, stops: Sequence[str]) -> int:
     return longest
 
 
-def _usage(job: Job) -> dict:
+def _usage(job: GenerationRequest) -> dict:
     prompt = sum(len(c) for c in job.contexts)
     completion = sum(len(g.ids) for g in job.result)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _answer(job: Job, tok, ident: str, name: str, chat: bool) -> dict:
+def _answer(job: GenerationRequest, tok, ident: str, name: str, chat: bool) -> dict:
     choices = []
     for index, g in enumerate(job.result):
         text, ids, finish = tok.decode(g.ids, skip_special_tokens=True), g.ids, g.finish

@@ -23,8 +23,9 @@ from typing import Any, Mapping, Sequence
 
 from . import events
 from .errors import ConfigError, TrainingInterrupted
-from .models import DEFAULT_MODEL
-from .prompts import Prompt, get_prompt
+from .config import DEFAULT_MODEL
+from .prompts import Prompt
+from .session import get_prompt
 from .results import Report
 
 APPROACHES = ("zero-shot", "few-shot", "searched", "prompt-tuning", "lora", "qlora")
@@ -192,7 +193,7 @@ def _check_approaches(approaches) -> list[str]:
 
 
 def _check_settings(prompt: Prompt, approaches, shots, limit, model, epochs, max_steps, seed) -> None:
-    from .training import TuneConfig
+    from .config import TuneConfig
 
     if not prompt.choices:
         raise ConfigError("prompt", f"{prompt.name!r} has no choices; the comparison scores classification "

@@ -18,12 +18,12 @@ def _isolated_runs(tmp_path, monkeypatch):
     """Each test writes its runs under its own temporary folder."""
     monkeypatch.setenv("NBKIT_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.delenv("NBKIT_JOB_DIR", raising=False)
-    from nbkit import prompts
+    from nbkit.session import current
 
-    saved = dict(prompts.PROMPTS)
+    saved = dict(current().prompts)
     yield
-    prompts.PROMPTS.clear()
-    prompts.PROMPTS.update(saved)
+    current().prompts.clear()
+    current().prompts.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import nbkit.evaluation  # noqa: F401  (bound before any test patches)
-from nbkit.api import ApiError, ApiModel, choice_scores
+from nbkit.models.api import ApiError, ApiModel
+from nbkit.predict.api import choice_scores
 from nbkit.prompts import Prompt
 
 ROWS = [{"text": f"review number {i}", "label": "positive" if i % 2 else "negative"} for i in range(6)]
@@ -93,9 +94,10 @@ def _api_env(tmp_path, monkeypatch):
     monkeypatch.setenv("NBKIT_API_CACHE", str(tmp_path / "api-cache"))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    from nbkit import api
+    from nbkit.models import api
+    from nbkit.session import current
 
-    api._KEYS.clear()
+    current().keys.clear()
 
 
 @pytest.fixture

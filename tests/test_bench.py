@@ -33,7 +33,7 @@ def test_head_on_targets_gives_the_same_loss_and_gradients():
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from nbkit.training import _head_on_targets
+    from nbkit.training.trainer import head_on_targets
 
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -45,7 +45,7 @@ def test_head_on_targets_gives_the_same_loss_and_gradients():
     mask = torch.ones_like(ids)
     mask[2, 4:] = 0  # a padded row
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    fast = _head_on_targets(model, batch)
+    fast = head_on_targets(model, batch)
     assert fast["logits_to_keep"].tolist() == [1, 2, 4, 5, 6, 8, 9, 10]  # positions whose next token is a target
 
     def loss_and_grads(inputs, **kw):

@@ -10,7 +10,7 @@ from nbkit.errors import ConfigError, UnknownNameError
 from nbkit.methods import available_methods, get_method
 from nbkit.methods.lora import LoraOptions
 from nbkit.prompts import Prompt
-from nbkit.training import TuneConfig
+from nbkit.config import TuneConfig
 
 
 @pytest.mark.parametrize("kwargs, field", [

@@ -121,7 +121,9 @@ def test_a_crashed_process_fails_the_run_and_resume_finishes_it(job):
 
 def test_a_run_exports_the_job_that_made_it(job):
     path, env, folder = job
-    again = nbkit.Run(folder / "runs" / "single").export(folder / "again.yaml")
+    from nbkit.jobfiles import job_from_run
+
+    again = job_from_run(nbkit.Run(folder / "runs" / "single"), folder / "again.yaml")
     from nbkit.jobfiles import read_job
 
     assert read_job(again).settings == {**read_job(path).settings, "name": None}

@@ -44,17 +44,32 @@ def minilm():
 def test_load_model_gives_the_embedded_encoder_with_unit_vectors(minilm):
     import torch
 
-    from nbkit.embeddings import Encoder
-    from nbkit.encoders import EncoderModel
+    from nbkit.models import EncoderModel
 
     assert isinstance(minilm, EncoderModel) and minilm.dimension == 384
     texts = ["My parcel never arrived.", "The package did not come.", "I love this song."]
     vectors = minilm.encode(texts)
     assert torch.allclose(vectors.norm(dim=1), torch.ones(3), atol=1e-5)
-    # the same vectors as nbkit's own transformers-only encoder (mean pooling + L2 norm per modules.json)
-    assert torch.allclose(vectors, Encoder("minilm-l6").encode(texts), atol=1e-5)
+    # the same vectors as plain transformers gives them (mean pooling + L2 norm, as modules.json says)
+    assert torch.allclose(vectors, _mean_pooled_by_hand(texts), atol=1e-5)
     similarity = vectors @ vectors.T
     assert similarity[0, 1] > similarity[0, 2] + 0.2  # the paraphrase is nearer than the unrelated text
+
+
+def _mean_pooled_by_hand(texts):
+    """all-MiniLM-L6-v2's sentence vectors computed with transformers alone: the reference."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from nbkit.models import encoder_path
+
+    path = encoder_path("minilm-l6")
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
 
 
 def test_an_encoder_directory_loads_like_the_embedded_one(minilm, tmp_path):
@@ -63,8 +78,8 @@ def test_an_encoder_directory_loads_like_the_embedded_one(minilm, tmp_path):
     import torch
 
     from nbkit import load_model
-    from nbkit.embeddings import encoder_path
-    from nbkit.encoders import EncoderModel
+    from nbkit.models import encoder_path
+    from nbkit.models import EncoderModel
 
     folder = tmp_path / "my-encoder"
     shutil.copytree(encoder_path("minilm-l6"), folder)
@@ -74,8 +89,9 @@ def test_an_encoder_directory_loads_like_the_embedded_one(minilm, tmp_path):
 
 
 def test_model_family_comes_from_the_config(tmp_path):
-    from nbkit.embeddings import encoder_path
-    from nbkit.encoders import encoder_source, family
+    from nbkit.models import encoder_path
+    from nbkit.models import family
+    from nbkit.models.encoder import encoder_source
     from nbkit.models import resolve
 
     assert family(encoder_path("minilm-l6")) == "encoder"
@@ -95,7 +111,8 @@ DOCS = [
 
 
 def test_index_searches_saves_and_reloads_without_encoding_again(minilm, monkeypatch, tmp_path):
-    from nbkit.encoders import EncoderModel, Index, index
+    from nbkit.models import EncoderModel
+    from nbkit.retrieval import Index, index
 
     built = index(DOCS, name="help")
     assert built.path == tmp_path / "runs" / "indexes" / "help" and (built.path / "index.json").exists()
@@ -123,7 +140,7 @@ def test_index_searches_saves_and_reloads_without_encoding_again(minilm, monkeyp
 
 def test_bad_corpora_and_pairs_are_clear_errors_before_any_training():
     from nbkit import tune
-    from nbkit.encoders import index, load_corpus
+    from nbkit.retrieval import index, load_corpus
 
     with pytest.raises(DataError, match="empty"):
         load_corpus([])
@@ -147,7 +164,7 @@ def test_bad_corpora_and_pairs_are_clear_errors_before_any_training():
 
 # -- retrieval-augmented prompts --------------------------------------------------------------------
 def test_prompt_retrieves_passages_into_the_template(minilm):
-    from nbkit.encoders import index
+    from nbkit.retrieval import index
     from nbkit.prompts import Prompt
 
     with pytest.raises(ConfigError, match="passages"):
@@ -163,7 +180,7 @@ def test_prompt_retrieves_passages_into_the_template(minilm):
 
 
 def test_prompt_magic_retrieve_answers_from_the_documents(ip, minilm, smol):
-    from nbkit.encoders import index
+    from nbkit.retrieval import index
 
     ip.user_ns["help_index"] = index(DOCS, name="help")
     ip.user_ns["questions"] = [{"question": "How many days does delivery take?", "answer": "3-5 working days"},
@@ -196,7 +213,7 @@ def test_contrastive_tuning_improves_mrr_on_sample_search(ip):
     assert set(table.columns) >= {"recall@1", "recall@5", "mrr", "ndcg@5"}
     assert (run.path / "evaluations").is_dir()  # the report is saved with the run
     # an index built with the tuned encoder lives in the run and searches with it
-    from nbkit.encoders import index
+    from nbkit.retrieval import index
 
     idx = index("sample:search", run=run)
     assert idx.path.parent == run.path / "indexes" and idx.run == str(run.path.resolve())
@@ -204,7 +221,7 @@ def test_contrastive_tuning_improves_mrr_on_sample_search(ip):
 
 @pytest.mark.slow
 def test_encoder_classifier_and_prompted_decoder_in_one_table(ip, intent_prompt):
-    from nbkit.prompts import register_prompt
+    from nbkit.session import register_prompt
 
     register_prompt(intent_prompt)
     ip.run_line_magic("tune", "--task classification --prompt intent --data sample:intent --epochs 4 --lr 2e-3 "
@@ -235,7 +252,7 @@ def test_a_decoder_pooled_into_sentence_vectors_tunes_contrastively():
     import torch
 
     from nbkit import load_model, tune
-    from nbkit.encoders import EncoderModel
+    from nbkit.models import EncoderModel
 
     pooled = load_model("smollm2-135m", pooling="mean")
     assert isinstance(pooled, EncoderModel) and pooled.dimension == 576

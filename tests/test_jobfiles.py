@@ -10,7 +10,7 @@ from nbkit import models
 from nbkit.data import fingerprint
 from nbkit.errors import ConfigError
 from nbkit.jobfiles import read_job
-from nbkit.training import TuneConfig
+from nbkit.config import TuneConfig
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@ import pytest
 from IPython.core.error import UsageError
 
 from nbkit.errors import ConfigError, TemplateError, UnknownNameError
-from nbkit.prompts import PROMPTS
+from nbkit.session import current
+
+PROMPTS = current().prompts  # the session's registry (one dict for the whole test session)
 
 
 INTENT = "Which team should handle this message?\nMessage: {{ text }}\nTeam:"

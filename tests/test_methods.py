@@ -11,7 +11,9 @@ from nbkit.errors import ConfigError
 from nbkit.memory import Estimate, estimate_parameters, estimate_training
 from nbkit.methods import available_methods, get_method
 from nbkit.methods.prompt_tuning import init_text
-from nbkit.training import TuneConfig, _explain, optimizer_name, schedule
+from nbkit.config import TuneConfig
+from nbkit.training.decoder import explain
+from nbkit.training.trainer import optimizer_name, schedule
 
 LLAMA = types.SimpleNamespace(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                               num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49152,
@@ -96,7 +98,7 @@ def test_memory_estimate_warns_and_says_what_to_change():
 def test_out_of_memory_is_answered_with_the_estimate_and_a_suggestion():
     est = Estimate(weights=3 * 2**30, optimizer=2**30, activations=4 * 2**30, available=6 * 2**30, device="cuda:0")
     cfg = TuneConfig(prompt="p", data="d", method="lora", batch_size=16)
-    message = _explain(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), est, None, cfg)
+    message = explain(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), est, None, cfg)
     assert message.startswith("out of memory: ~8.00 GiB estimated on cuda:0")
     assert "--method qlora" in message and "--batch-size 8 --grad-accum 2" in message
 

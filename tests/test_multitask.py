@@ -9,7 +9,9 @@ import nbkit
 from nbkit import events, models
 from nbkit.errors import ConfigError
 from nbkit.prompts import Prompt
-from nbkit.training import TaskLosses, TuneConfig, _collate, _pair_tasks, _task_names
+from nbkit.config import TuneConfig, pair_tasks, task_names
+from nbkit.training.dev import TaskLosses
+from nbkit.training.trainer import collate
 
 
 @pytest.fixture
@@ -26,7 +28,7 @@ def _batch(smol, items):
     for prompt, row, task in items:
         example, _ = training_example(prompt, row, smol.tokenizer, 256)
         examples.append({**example, "task": task})
-    return _collate(smol.tokenizer.pad_token_id)(examples)
+    return collate(smol.tokenizer.pad_token_id)(examples)
 
 
 def _rows(name, n):
@@ -77,13 +79,13 @@ def test_each_tasks_logged_loss_is_its_own_mean_token_loss(smol, mixed):
 
 
 def test_pairing_and_naming_tasks():
-    assert _pair_tasks(["a", "b"], "sample:intent") == (["a", "b"], ["sample:intent"] * 2)
-    assert _pair_tasks("a", ["x.csv", "y.csv"]) == (["a", "a"], ["x.csv", "y.csv"])
+    assert pair_tasks(["a", "b"], "sample:intent") == (["a", "b"], ["sample:intent"] * 2)
+    assert pair_tasks("a", ["x.csv", "y.csv"]) == (["a", "a"], ["x.csv", "y.csv"])
     rows = [{"text": "t", "label": "l"}]
-    assert _pair_tasks("a", rows) == (["a"], [rows])  # a list of dicts is one data set
-    assert _task_names(["a", "a", "b"]) == ["a-1", "a-2", "b"]
+    assert pair_tasks("a", rows) == (["a"], [rows])  # a list of dicts is one data set
+    assert task_names(["a", "a", "b"]) == ["a-1", "a-2", "b"]
     with pytest.raises(ConfigError) as e:
-        _pair_tasks(["a", "b", "c"], ["x", "y"])
+        pair_tasks(["a", "b", "c"], ["x", "y"])
     assert e.value.field == "data" and "3 prompts" in str(e.value)
 
 

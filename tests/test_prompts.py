@@ -1,7 +1,8 @@
 import pytest
 
 from nbkit.errors import ConfigError, TemplateError, UnknownNameError
-from nbkit.prompts import Prompt, get_prompt, register_prompt
+from nbkit.prompts import Prompt
+from nbkit.session import get_prompt, register_prompt
 
 
 def test_render_and_target():
@@ -84,9 +85,10 @@ def test_registry_and_roundtrip():
 
 
 def test_the_embedded_encoder_ranks_by_meaning():
-    from nbkit.embeddings import load_encoder, nearest
+    from nbkit import load_model
+    from nbkit.retrieval import nearest
 
-    encoder = load_encoder()
+    encoder = load_model("minilm-l6")
     texts = ["I want my money back for the broken kettle", "Please refund the money you took from my card",
              "My parcel has not arrived yet", "Where is my delivery? It is two days late",
              "I cannot log in to my account", "How do I reset my password?"]

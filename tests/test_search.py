@@ -6,7 +6,10 @@ import nbkit
 import nbkit.evaluation  # noqa: F401  (before any test patches models.load_model: it binds it at import)
 from nbkit import models
 from nbkit.errors import ConfigError
-from nbkit.prompts import PROMPTS, Prompt
+from nbkit.prompts import Prompt
+from nbkit.session import current
+
+PROMPTS = current().prompts  # the session's registry (one dict for the whole test session)
 from nbkit.search import _variant, instruction_of
 
 

@@ -22,7 +22,7 @@ def tiny_t5(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
-    from nbkit.embeddings import encoder_path
+    from nbkit.models import encoder_path
 
     tokenizer = AutoTokenizer.from_pretrained(encoder_path("minilm-l6"))
     torch.manual_seed(0)
@@ -36,7 +36,10 @@ def tiny_t5(tmp_path_factory):
 
 
 def test_tiny_t5_is_tuned_and_evaluated_through_the_magics(ip, tiny_t5):
-    from nbkit.seq2seq import is_seq2seq
+    from nbkit.models import family_of
+
+    def is_seq2seq(spec):
+        return family_of(spec) == "seq2seq"
 
     assert is_seq2seq(tiny_t5) and not is_seq2seq("smollm2-135m")
     ip.user_ns["meetings"] = {"train": ROWS, "test": ROWS[:4]}

@@ -11,7 +11,8 @@ import pytest
 
 import nbkit.evaluation  # noqa: F401  (bound before any test patches)
 import nbkit.training  # noqa: F401
-from nbkit.prompts import Prompt, register_prompt
+from nbkit.prompts import Prompt
+from nbkit.session import register_prompt
 
 openai = pytest.importorskip("openai")
 
@@ -49,9 +50,10 @@ def client(served):
 def _api_env(tmp_path, monkeypatch):
     monkeypatch.setenv("NBKIT_API_CACHE", str(tmp_path / "api-cache"))
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    from nbkit import api
+    from nbkit.models import api
+    from nbkit.session import current
 
-    api._KEYS.clear()
+    current().keys.clear()
 
 
 def ask(client, model, text, **kw):

@@ -17,12 +17,12 @@ from nbkit.jobs import sweep
 GRID = {"lr": [1e-4, 3e-4], "method": ["lora", "bad"]}
 REPORT = """\
 import pandas as pd
-from nbkit.evaluation import _save
+from nbkit.results import keep_report
 from nbkit.results import Report
 
 frame = pd.DataFrame({"accuracy": [lr * 1000], "f1": [len(method) / 10], "n": [8]},
                      index=pd.Index(["intent"], name="target"))
-_save(Report(frame, {}, {"data": "sample:intent", "split": "test", "rows": 8, "metrics": ["accuracy", "f1"]}), [])
+keep_report(Report(frame, {}, {"data": "sample:intent", "split": "test", "rows": 8, "metrics": ["accuracy", "f1"]}), [])
 """
 
 

@@ -184,8 +184,9 @@ class _Collect(events.Callback):
 
 def test_dev_evaluation_keeps_the_best_checkpoint_and_shows_generations(intent_prompt, smol):
     from nbkit.data import load_data
-    from nbkit.evaluation import _predict
-    from nbkit.training import TuneConfig, _split_dev
+    from nbkit.predict.decoder import predict_decoder
+    from nbkit.config import TuneConfig
+    from nbkit.training.tasks import split_dev
 
     seen = _Collect()
     run = nbkit.tune(intent_prompt, "sample:intent", name="dev", max_steps=8, dev=0.2, eval_every=2,
@@ -198,9 +199,9 @@ def test_dev_evaluation_keeps_the_best_checkpoint_and_shows_generations(intent_p
     assert run.metrics["best_step"] == best["step"] and run.metrics["dev_accuracy"] == best["eval_accuracy"]
     # the saved adapter is the best checkpoint: it scores the dev rows exactly as recorded
     splits = load_data("sample:intent")
-    train, dev = _split_dev(splits, TuneConfig(prompt="intent", data="sample:intent", dev=0.2))
+    train, dev = split_dev(splits, TuneConfig(prompt="intent", data="sample:intent", dev=0.2))
     with smol.adapter(run.adapter_path) as lm:
-        frame = _predict(lm, smol.tokenizer, intent_prompt, dev, train, "sum", 16)
+        frame = predict_decoder(lm, smol.tokenizer, intent_prompt, dev, train, "sum", 16)
     assert frame["correct"].mean() == best["eval_accuracy"]
 
 

@@ -4,11 +4,15 @@ import pytest
 from IPython.core.error import UsageError
 
 import nbkit
-import nbkit.evaluation  # noqa: F401  (before any test patches models.load_model: it binds it at import)
+import nbkit.evaluation  # noqa: F401  (before any test patches models.load_model: these bind it at import)
+import nbkit.predict  # noqa: F401
 import nbkit.training  # noqa: F401
 from nbkit import models
 from nbkit.errors import ConfigError
-from nbkit.prompts import PROMPTS, Prompt
+from nbkit.prompts import Prompt
+from nbkit.session import current
+
+PROMPTS = current().prompts  # the session's registry (one dict for the whole test session)
 from nbkit.results import Report
 from nbkit.versus import APPROACHES, TUNED, _PeakMemory, _reset_high_water_mark, _status_kib
 
@@ -21,7 +25,10 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         pytest.fail("loaded a model")
 
-    for module in (models, nbkit.evaluation, nbkit.training):
+    import nbkit.predict
+    import nbkit.training.decoder
+
+    for module in (models, nbkit.evaluation, nbkit.predict, nbkit.training.decoder):
         monkeypatch.setattr(module, "load_model", refuse)
 
 
@@ -134,7 +141,7 @@ def test_six_approaches_side_by_side_through_the_magic(ip, capsys):
     assert (params[["zero-shot", "few-shot", "searched"]] == 0).all()
     assert params["lora"] == params["qlora"] > params["prompt-tuning"] > 0
     for approach in TUNED:
-        run = nbkit.runs.get_run(report.info["runs"][approach])
+        run = nbkit.session.get_run(report.info["runs"][approach])
         assert run.name == f"vs-{approach}" and run.metrics["steps"] == 2
         assert params[approach] == run.metrics["trainable_parameters"]
 

@@ -7,14 +7,14 @@ forward), often a little better at low rank.
 
 from __future__ import annotations
 
-from . import Method, register_method
+from .registry import Method, register_method
 from .lora import LoraOptions, check_modules
 
 
 def build(model, options: LoraOptions, context=None):
     from peft import get_peft_model
 
-    return get_peft_model(model, options.peft_config(use_dora=True))
+    return get_peft_model(model, options.peft_config(context, use_dora=True))
 
 
 register_method(Method(

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from . import Method, register_method
+from ..memory import estimate_parameters
+from .registry import Method, register_method
 
 
 @dataclass
@@ -26,8 +27,6 @@ class FullOptions:
 
 
 def check(model_config, options: FullOptions) -> None:
-    from ..memory import estimate_parameters
-
     n = estimate_parameters(model_config)
     if n and n > options.max_parameters:
         raise ConfigError("method", f"full fine-tuning of a ~{n / 1e9:.1f}B-parameter model needs ~{16 * n / 2**30:.0f} GiB "
@@ -43,5 +42,6 @@ def build(model, options: FullOptions, context=None):
 
 register_method(Method(
     "full", FullOptions, build, quantize=None, lr=5e-5, kind="full", check=check,
+    families=("decoder", "encoder", "seq2seq"),
     summary="every weight trains (small models); the run holds a whole model, not an adapter",
 ))

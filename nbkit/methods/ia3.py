@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from . import Method, register_method
+from .registry import Method, register_method
 from .lora import split_modules
 
 

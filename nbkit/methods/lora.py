@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from . import Method, positive_int, register_method
+from ..checks import positive_int
+from .registry import Method, register_method
 
 
 @dataclass
@@ -26,13 +27,17 @@ class LoraOptions:
         if not str(self.target_modules).strip():
             raise ConfigError("target_modules", "is empty; use all-linear or layer names like q_proj,v_proj")
 
-    def peft_config(self, **extra):
+    def peft_config(self, context=None, **extra):
+        """peft's ``LoraConfig``; ``context`` (a ``BuildContext``) gives the family's task type, and its
+        layers to adapt when the options leave ``all-linear`` to an encoder or an encoder-decoder."""
         from peft import LoraConfig
 
-        return LoraConfig(
-            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-            target_modules=split_modules(self.target_modules), task_type="CAUSAL_LM", **extra,
-        )
+        targets = split_modules(self.target_modules)
+        if targets == "all-linear" and context is not None and context.default_targets is not None:
+            targets = context.default_targets
+        task_type = context.task_type if context is not None else "CAUSAL_LM"
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
+                          task_type=task_type, **extra)
 
 
 def split_modules(value: str):
@@ -57,11 +62,11 @@ def check_modules(model_config, options) -> None:
 def build(model, options: LoraOptions, context=None):
     from peft import get_peft_model
 
-    return get_peft_model(model, options.peft_config())
+    return get_peft_model(model, options.peft_config(context))
 
 
 register_method(Method(
-    "lora", LoraOptions, build, quantize=None,
+    "lora", LoraOptions, build, quantize=None, families=("decoder", "encoder", "seq2seq"),
     # 5e-4: on ~200 short examples and 3 epochs (~75 steps) smaller rates leave accuracy on the table
     lr=5e-4, check=check_modules,
     summary="low-rank adapters on every linear layer, full-precision base",

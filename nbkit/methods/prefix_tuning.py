@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from . import Method, positive_int, register_method
+from ..checks import positive_int
+from .registry import Method, register_method
 
 
 @dataclass

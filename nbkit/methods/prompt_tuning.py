@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from . import Method, positive_int, register_method
+from ..checks import positive_int
+from .registry import Method, register_method
 
 
 @dataclass

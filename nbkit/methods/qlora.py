@@ -12,7 +12,7 @@ unpacks any layer already converted. The evidence is in ``docs/qlora-cpu.md``.
 
 from __future__ import annotations
 
-from . import Method, register_method
+from .registry import Method, register_method
 from .lora import LoraOptions, check_modules
 
 
@@ -45,7 +45,7 @@ def build(model, options: LoraOptions, context=None):
     keep_trainable_layout(model)
     # gradient checkpointing off: on small models it costs more time than the memory it saves
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return get_peft_model(model, options.peft_config())
+    return get_peft_model(model, options.peft_config(context))
 
 
 register_method(Method(

@@ -1,0 +1,48 @@
+"""Shared validators: each raises a :class:`ConfigError` naming the field and what it takes.
+
+Configs (:mod:`nbkit.config`), method options (:mod:`nbkit.methods`) and the entry points
+check their values with these, so one rule reads the same wherever it is broken.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .errors import ConfigError
+
+
+def is_number(value) -> bool:
+    """A real int or float (``True`` is not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def positive_int(name: str, value, allow_none: bool = False) -> None:
+    """``value`` must be a positive integer (or ``None`` with ``allow_none``)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(name, f"must be a positive integer, got {value!r}")
+
+
+def positive_number(name: str, value, kind=(int, float)) -> None:
+    """``value`` must be a positive number of ``kind``."""
+    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
+        raise ConfigError(name, f"must be a positive number, got {value!r}")
+
+
+def finite_positive(name: str, value) -> None:
+    """``value`` must be a positive, finite number."""
+    if not is_number(value) or not value > 0 or not math.isfinite(value):
+        raise ConfigError(name, f"must be positive numbers, got {value!r}")
+
+
+def fraction(name: str, value, upper_open: bool = True) -> None:
+    """``value`` must lie in ``[0, 1)``."""
+    if not is_number(value) or not 0 <= value < 1:
+        raise ConfigError(name, f"must be a fraction in [0, 1), got {value!r}")
+
+
+def one_of(name: str, value, allowed) -> None:
+    """``value`` must be one of ``allowed``."""
+    if value not in allowed:
+        raise ConfigError(name, f"must be {', '.join(map(str, allowed[:-1]))} or {allowed[-1]}, got {value!r}")

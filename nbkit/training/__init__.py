@@ -1,0 +1,118 @@
+"""``nbkit.tune``: one short dispatcher over one recipe per model family.
+
+``tune`` splits its keyword arguments into the run's settings (the fields of
+:class:`nbkit.config.TuneConfig`) and the method's options, and hands them to the recipe of
+the task and the model's family: :mod:`~nbkit.training.decoder` (causal LMs, on HF
+``Trainer``), :mod:`~nbkit.training.encoder` (embeddings, a classification head) and
+:mod:`~nbkit.training.seq2seq` (T5, BART), the last two on one plain loop
+(:mod:`~nbkit.training.loop`). Every recipe goes through the methods registry, writes the
+same run-config schema and fails with the same exceptions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Sequence
+
+from .. import events
+from ..config import DEFAULT_MODEL, TASKS, TuneConfig
+from ..errors import ConfigError
+from ..models import family_of
+from ..prompts import Prompt
+from ..runs import Run
+from .callbacks import Terminated
+from .decoder import tune_decoder
+from .encoder import tune_classifier, tune_embedding
+from .seq2seq import tune_seq2seq
+
+__all__ = ["Terminated", "TuneConfig", "tune"]
+
+# the settings every run records; the rest of tune's keyword arguments are the method's options
+SETTINGS = {f.name for f in dataclasses.fields(TuneConfig)} - {"prompt", "data", "task", "architecture", "labels",
+                                                              "options"}
+
+
+def tune(
+    prompt: Prompt | str | Sequence[Prompt | str] | None,
+    data: Any,
+    *,
+    task: str = "generation",
+    resume: bool = False,
+    overwrite: bool = False,
+    export: str | os.PathLike | None = None,
+    namespace: Mapping[str, Any] | None = None,
+    callbacks: Sequence[events.Callback] | None = None,
+    **settings,
+) -> Run:
+    """Fine-tune ``model`` on ``data`` formatted by ``prompt``; the loss covers the target only.
+
+    With ``task="classification"`` or ``task="embedding"`` an encoder is tuned instead (see
+    :mod:`nbkit.training.encoder`): a classification head on the prompt's ``choices``, or
+    contrastive tuning on (query, positive[, negative]) pairs (no prompt needed). A T5/BART
+    model is tuned text-to-text (:mod:`nbkit.training.seq2seq`).
+
+    Args:
+        prompt: a :class:`Prompt` or the name of a registered one; a list of them trains one
+            adapter on several tasks at once (multi-task), paired in order with ``data``.
+        data: a data spec (see :func:`nbkit.load_data`); its ``train`` split is used. For
+            multi-task training a list of specs, one per prompt (a single spec or a single
+            prompt is used for every task). A list of dicts is one data set, not several.
+        model: base model spec (default ``smollm2-135m``; ``minilm-l6`` for the encoder tasks).
+        method: ``lora``, ``qlora``, ``dora``, ``ia3``, ``prompt-tuning``, ``p-tuning``, ``prefix-tuning``
+            or ``full`` (see ``nbkit.methods.available_methods()``).
+        epochs, max_steps, lr, batch_size, grad_accum, max_length, warmup, seed: training settings.
+        precision: ``auto`` (bf16 autocast on GPUs that have it, fp32 on CPU), ``bf16``, ``fp16``, ``fp32``.
+        gradient_checkpointing: trade compute for activation memory.
+        dev: held-out data scored during training (fraction or count of the train split, or a split
+            name); the best checkpoint by its metric becomes the run's adapter.
+        eval_every: steps between those evaluations (default: five per run).
+        patience: stop after this many evaluations without improvement.
+        save_every: steps between checkpoints (default: four per run; with ``dev``, every evaluation).
+        weights: multi-task: each task's weight in the loss, ``sum_t w_t * (token losses of t)``
+            over ``sum_t w_t * (tokens of t)`` per batch; all 1 (the default) is plain fine-tuning
+            on the mixed data. Each task's own loss is logged (``Run.history``, ``loss_<task>``).
+        name: run name (a folder under ``runs/``); default ``<prompt>-<method>``, numbered if taken.
+        resume: continue the run ``name`` from its last checkpoint.
+        overwrite: replace an existing run directory of the same name.
+        export: write the validated configuration as a job file (``.yaml``) instead of training, for
+            ``nbkit tune --config FILE`` (also under torchrun / accelerate launch); returns its path.
+            Data held in notebook variables is written beside it.
+        namespace: where data given as a variable name is looked up.
+        callbacks: progress subscribers; default prints a few plain lines.
+        task: ``generation`` (the default: a decoder learns the target text), ``classification``
+            (an encoder with a head) or ``embedding`` (an encoder, contrastive).
+        pooling, corpus, scale: ``task="embedding"`` only (see :class:`nbkit.config.TuneConfig`).
+        **options: method options (``r``, ``alpha``, ``dropout``, ``target_modules``, ``virtual_tokens``, …;
+            ``%nbkit methods`` lists them).
+
+    Every setting's default and meaning is declared once, on :class:`nbkit.config.TuneConfig`.
+
+    Returns:
+        The :class:`Run`, completed (the job file's path with ``export``).
+
+    Under ``torchrun`` / ``accelerate launch`` every process calls this; they train data-parallel
+    with ``batch_size`` split between them, and only the first writes the run directory.
+
+    Raises:
+        ConfigError, UnknownNameError, TemplateError, DataError: before any model loads.
+        TrainingInterrupted, TrainingFailed: the run is marked so and kept.
+    """
+    if task not in TASKS:
+        raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {task!r}")
+    options = {k: settings.pop(k) for k in list(settings) if k not in SETTINGS}
+    if settings.get("weights") is not None:
+        settings["weights"] = list(settings["weights"])
+    callbacks = list(callbacks) if callbacks is not None else [events.PlainProgress()]
+    common = {"overwrite": overwrite, "namespace": namespace, "callbacks": callbacks}
+    family = family_of(settings.get("model") or DEFAULT_MODEL) if task == "generation" else "encoder"
+    if task == "generation" and prompt is None:
+        raise ConfigError("prompt", "is needed: which prompt formats the data? (only --task embedding goes without)")
+    if family == "decoder":
+        return tune_decoder(prompt, data, settings, options, resume=resume, export=export, **common)
+    what = f"with task={task!r} (encoder tuning)" if family == "encoder" else "for encoder-decoder models"
+    for name, given in (("resume", resume), ("export", export is not None)):
+        if given:
+            raise ConfigError(name, f"is not supported {what}")
+    recipe = {"classification": tune_classifier, "embedding": tune_embedding}.get(task, tune_seq2seq)
+    return recipe(prompt, data, settings, options, **common)

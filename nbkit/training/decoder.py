@@ -1,0 +1,195 @@
+"""The decoder recipe: prompt + data + method → a run directory with a trained adapter.
+
+The path reads top to bottom: the tasks and their data are checked, the run directory is
+made, a fresh base model loads, the method wraps it, ``transformers.Trainer`` trains it
+(:mod:`nbkit.training.trainer`), and the adapter is saved atomically. Progress leaves
+through :mod:`nbkit.events`; nothing here draws.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from typing import Any, Mapping, Sequence
+
+from .. import distributed, events
+from ..config import TuneConfig, data_spec, pair_tasks, task_names
+from ..errors import ConfigError, TrainingFailed, TrainingInterrupted
+from ..hf import quiet, set_seed
+from ..jobfiles import write_job
+from ..memory import estimate_training
+from ..methods import BuildContext, method_for
+from ..models import load_model, model_config, pick_device, quantization_config
+from ..runs import Run, free_name, runs_dir
+from ..session import get_prompt, remember_run
+from .callbacks import Bridge, SoftInterrupt, Terminated, check_finite, finish, last_checkpoint
+from .dev import DevEvaluator, TaskLosses, TasksEvaluator
+from .tasks import Task, examples, load_task, write_inputs
+from .trainer import build_trainer, count_parameters
+
+
+def decoder_config(prompt, data, settings: Mapping[str, Any], options: Mapping[str, Any]):
+    """(config, prompts, data sets) of a decoder run, every setting checked."""
+    prompts, datas = pair_tasks(prompt, data)
+    prompts = [get_prompt(p) for p in prompts]
+    specs = [data_spec(d) for d in datas]
+    multi = len(prompts) > 1
+    cfg = TuneConfig(prompt=[p.name for p in prompts] if multi else prompts[0].name,
+                     data=specs if multi else specs[0], options=dict(options), **settings)
+    for name in ("pooling", "corpus"):
+        if getattr(cfg, name) is not None:
+            raise ConfigError(name, "goes with --task embedding (an encoder); a decoder learns the target text")
+    return cfg, prompts, datas
+
+
+def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str, Any], *, resume: bool = False,
+                 overwrite: bool = False, export=None, namespace=None, callbacks: Sequence = ()):
+    """Fine-tune a decoder; see :func:`nbkit.tune` for the settings. Returns the completed run (the job
+    file's path with ``export``)."""
+    cfg, prompts, datas = decoder_config(prompt, data, settings, options)
+    spec = method_for(cfg.method, "decoder", "does not apply to a decoder")
+    method_options = spec.make_options(cfg.options)
+    cfg.options, cfg.lr = dataclasses.asdict(method_options), cfg.lr or spec.lr
+    names = task_names([p.name for p in prompts])
+    tasks = [load_task(n, p, d, s, w, cfg, namespace)
+             for n, p, d, s, (_, _, w) in zip(names, prompts, datas, [data_spec(d) for d in datas], cfg.tasks)]
+    if resume and not cfg.name:
+        raise ConfigError("name", "is needed with --resume: which run should continue?")
+    model_cfg, model_path = model_config(cfg.model)
+    if spec.check is not None:
+        spec.check(model_cfg, method_options)  # an unfit method fails before any weights load
+    quantization_config(spec.quantize, "cpu")  # 4-bit without bitsandbytes fails here, not after loading
+    if export is not None:
+        return write_job(export, cfg.to_dict(), [t.prompt for t in tasks], datas, namespace)
+    world = distributed.world()
+    check_world(world, cfg, sum(len(t.train) for t in tasks))
+    device = process_device(world)
+    distributed.start(device)
+    run = open_run(cfg, names, tasks, world, overwrite=overwrite, resume=resume)
+    emit = events.Emitter(list(callbacks) if world.main else [])  # one process reports
+    loaded = load_model(cfg.model, quantize=spec.quantize, device=device, fresh=True)
+    batches = Batches.of(tasks, loaded.tokenizer, cfg)
+    # peft asks the model for the old name of a transformers 5 property; harmless, and not the user's to fix
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    set_seed(cfg.seed)  # the adapter's initial weights come from this seed
+    context = BuildContext(tokenizer=loaded.tokenizer, prompt=tasks[0].prompt, model_path=model_path)
+    model = spec.build(loaded.model, method_options, context)
+    trainable, total = count_parameters(model)
+    memory = estimate(model_cfg, spec, cfg, loaded, trainable, batches.examples)
+    trainer = build_trainer(model, loaded, batches.examples, cfg, run, spec, batches.dev_eval, batches.task_losses)
+    bridge = Bridge(emit, run, cfg, examples=len(batches.examples), truncated=batches.truncated,
+                    trainable=trainable, total=total, memory=memory, dev_eval=batches.dev_eval, world=world)
+    trainer.add_callback(bridge)
+    train(trainer, bridge, run, model, loaded, spec, cfg, memory, resume)
+    return remember_run(run)
+
+
+@dataclasses.dataclass
+class Batches:
+    """The examples a decoder run trains on, with its dev evaluation and multi-task loss."""
+
+    examples: list
+    truncated: int
+    dev_eval: Any
+    task_losses: Any
+
+    @classmethod
+    def of(cls, tasks: list[Task], tokenizer, cfg: TuneConfig) -> "Batches":
+        multi = len(tasks) > 1
+        found, truncated, evaluators = [], 0, {}
+        for i, task in enumerate(tasks):
+            task_examples, cut = examples(task.prompt, task.train, tokenizer, cfg)
+            for e in task_examples if multi else ():
+                e["task"] = i  # the multi-task loss weighs and logs each example by its task
+            found += task_examples
+            truncated += cut
+            if task.dev:
+                dev_examples, _ = examples(task.prompt, task.dev, tokenizer, cfg, pool=task.train)
+                evaluators[task.name] = DevEvaluator(task.prompt, task.dev, dev_examples, task.train, tokenizer)
+        dev_eval = (TasksEvaluator(evaluators) if multi else evaluators[tasks[0].name]) if evaluators else None
+        task_losses = TaskLosses([t.name for t in tasks], [t.weight for t in tasks]) if multi else None
+        return cls(found, truncated, dev_eval, task_losses)
+
+
+def open_run(cfg: TuneConfig, names: list[str], tasks: list[Task], world, *, overwrite: bool, resume: bool) -> Run:
+    """The run directory, made (or reopened to resume) by the first process; the others wait for it."""
+    cfg.name = cfg.name or free_name(f"{'+'.join(names)}-{cfg.method}")
+    Run.check_create(cfg.name, overwrite=overwrite, resume=resume)  # every process: they fail alike
+    distributed.barrier(world)
+    if world.main:
+        run = Run.create(cfg.name, overwrite=overwrite, resume=resume)
+        write_inputs(run, cfg, tasks, resume)
+    distributed.barrier(world)
+    return Run(runs_dir() / cfg.name)
+
+
+def train(trainer, bridge: Bridge, run: Run, model, loaded, spec, cfg: TuneConfig, memory, resume: bool) -> None:
+    """Train to the end, then save the adapter; an interrupt or a failure marks the run and raises."""
+    checkpoint = last_checkpoint(run) if resume else None
+    if resume and checkpoint is None:
+        bridge.emit.on_note(f"run {run.name!r} has no checkpoint yet: it starts from the beginning")
+    world = bridge.world
+    if world.main:
+        run.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), error=None)
+    try:
+        # several processes must stop at the same step: there a Ctrl-C stops at once, checkpoints resume
+        with SoftInterrupt(bridge, soft=not world.distributed), quiet():
+            trainer.train(resume_from_checkpoint=checkpoint)
+        if bridge.interrupt_requested:
+            raise KeyboardInterrupt
+        check_finite(bridge, run)
+        if world.main:
+            with quiet():
+                run.save_adapter(model, loaded.tokenizer if spec.kind == "full" else None)
+            run.drop_checkpoints()  # a completed run has nothing to resume; full-model checkpoints are GBs
+    except KeyboardInterrupt:
+        finish(run, bridge.emit, bridge, "interrupted")
+        raise TrainingInterrupted(run) from None
+    except Exception as e:
+        message = explain(e, memory, spec, cfg)
+        finish(run, bridge.emit, bridge, "failed", message)
+        raise TrainingFailed(run, message) from e
+    finish(run, bridge.emit, bridge, "completed")
+
+
+def process_device(world: "distributed.World") -> str:
+    """This process's device: under a multi-GPU launch, the GPU of its local rank."""
+    device = pick_device()
+    if device == "cuda" and world.distributed:
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return device
+
+
+def check_world(world: "distributed.World", cfg: TuneConfig, rows: int) -> None:
+    """Settings a multi-process run cannot take, said before any model loads."""
+    if not world.distributed:
+        return
+    if rows < world.size:
+        raise ConfigError("data", f"has {rows} training rows for {world.size} processes; use fewer processes")
+    if cfg.batch_size % world.size:
+        raise ConfigError("batch_size", f"{cfg.batch_size} does not split over {world.size} processes: each takes "
+                          f"an equal share of every batch; use a multiple of {world.size}")
+
+
+def estimate(model_cfg, spec, cfg: TuneConfig, loaded, trainable: int, found: list):
+    """The memory estimate printed before training starts."""
+    longest = max((e["length"] for e in found), default=cfg.max_length)
+    weight_bytes = 2 if str(getattr(loaded.model, "dtype", "")).endswith(("bfloat16", "float16")) else 4
+    return estimate_training(
+        model_cfg, method_kind=spec.kind, quantize=spec.quantize, trainable=trainable,
+        batch_size=cfg.batch_size, seq_len=longest, weight_bytes=weight_bytes,
+        gradient_checkpointing=cfg.gradient_checkpointing, device=loaded.device,
+    )
+
+
+def explain(error: Exception, memory, spec, cfg: TuneConfig) -> str:
+    """A failure as one message; out-of-memory comes with the estimate and what to change."""
+    if isinstance(error, (FloatingPointError, Terminated)):  # nbkit's own messages say everything
+        return str(error)
+    text = f"{type(error).__name__}: {error}"
+    if "out of memory" in str(error).lower() or type(error).__name__ == "OutOfMemoryError":
+        tips = "; ".join(memory.suggestions(cfg.method, cfg.batch_size, cfg.gradient_checkpointing))
+        return f"out of memory: {memory.describe()}. Try: {tips}"
+    return text

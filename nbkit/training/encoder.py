@@ -1,0 +1,204 @@
+"""The encoder recipes: contrastive tuning for embeddings, and a classification head.
+
+Both go through the methods registry (``lora`` or ``full``), write the run-config schema
+every family writes (:class:`nbkit.config.TuneConfig`), and train in the plain loop
+(:mod:`nbkit.training.loop`), which fails and is interrupted as the decoder recipe is.
+
+- ``task="embedding"``: sentence-transformers' ``MultipleNegativesRankingLoss`` on (query,
+  positive[, negative]) pairs: each query must be closer to its own positive than to every
+  other positive in the batch (in-batch negatives) and to the hard negatives.
+- ``task="classification"``: a sequence-classification head on the encoder, labels from the
+  prompt's ``choices``, cross-entropy on the prompt's rendered inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..config import TuneConfig, data_spec
+from ..data import load_data, samples_dir
+from ..errors import ConfigError, DataError
+from ..hf import set_seed
+from ..methods import BuildContext, method_for
+from ..models import family_of, pick_device, resolve
+from ..models.encoder import BERT_TARGETS, classifier, encoder_source, sentence_transformer, source_of
+from ..retrieval import load_corpus, pairs
+from ..runs import Run, free_name
+from ..session import get_prompt, remember_run
+from .loop import Loop, check_loop_settings, shuffled_batches
+from .tasks import Task, write_inputs
+
+# what the plain loop does not do (yet): refused by name instead of silently ignored
+_LOOP = ("max_steps", "grad_accum", "dev", "eval_every", "patience", "save_every", "weights",
+         "gradient_checkpointing", "precision")
+UNSUPPORTED = {"embedding": _LOOP, "classification": _LOOP + ("pooling", "corpus")}
+# default learning rates, measured on the shipped samples: a head and LoRA learn at 5e-4, all weights of
+# a pretrained encoder move at a tenth of that; contrastive tuning moves the sentence vectors themselves
+LR = {"classification": {"lora": 5e-4, "full": 5e-5}, "embedding": {"lora": 2e-4, "full": 2e-5}}
+
+
+def encoder_config(task: str, prompt, data, settings: Mapping[str, Any], options: Mapping[str, Any]):
+    """(config, method, its options) of an encoder run, every setting checked."""
+    if isinstance(data, (list, tuple)) and data and all(isinstance(d, str) for d in data):
+        raise ConfigError("data", f"task={task!r} trains on one data set, not several")
+    cfg = TuneConfig(prompt=getattr(prompt, "name", prompt), data=data_spec(data), task=task,
+                     architecture="encoder", options=dict(options), **settings)
+    check_loop_settings(cfg, UNSUPPORTED[task], f"with task={task!r} (encoder tuning)")
+    spec = method_for(cfg.method, "encoder", "does not apply to an encoder")
+    method_options = spec.make_options(cfg.options)
+    cfg.options, cfg.lr = dataclasses.asdict(method_options), cfg.lr or LR[task][cfg.method]
+    return cfg, spec, method_options
+
+
+def _new_run(cfg: TuneConfig, default: str, overwrite: bool, task: Task, **facts) -> Run:
+    run = Run.create(cfg.name or free_name(default), overwrite=overwrite)
+    cfg.name = run.name
+    write_inputs(run, cfg, [task], **facts)
+    return remember_run(run)
+
+
+def tune_embedding(prompt, data, settings: Mapping[str, Any], options: Mapping[str, Any], *,
+                   overwrite: bool = False, namespace=None, callbacks: Sequence = ()) -> Run:
+    """Contrastive fine-tuning of a sentence encoder on (query, positive[, negative]) pairs.
+
+    ``positive``/``negative`` may be document ids of the corpus (``sample:search``'s, or
+    ``corpus``) or texts. Returns the completed run; its ``adapter/`` holds the LoRA adapter
+    (or the whole ``SentenceTransformer``).
+    """
+    if prompt is not None:
+        raise ConfigError("prompt", "is not used by task='embedding': it trains on (query, positive) pairs")
+    corpus = settings.get("corpus")  # a spec, or documents held in a variable (recorded as <list>)
+    recorded = {**settings, "corpus": None if corpus is None else data_spec(corpus)}
+    cfg, spec, method_options = encoder_config("embedding", None, data, recorded, options)
+    splits = load_data(data, namespace)
+    docs = None
+    if corpus is not None or (isinstance(data, str) and _has_corpus(data)):
+        docs = load_corpus(corpus if corpus is not None else data, namespace)
+    what = repr(data) if isinstance(data, str) else f"the {type(data).__name__} passed in"
+    examples = pairs(list(splits["train"]), docs, f"the train split of {what}")
+    if any(p is None for _, p, _ in examples):
+        raise DataError(f"the train split of {what} has a row without a positive")
+    if encoder_source(cfg.model) is None and cfg.pooling is None:
+        resolve(cfg.model)  # an unknown name is that error, not this one
+        raise ConfigError("task", f"embedding needs a sentence encoder; {cfg.model!r} is a {family_of(cfg.model)} "
+                          "model. Give --model minilm-l6, an encoder directory, or --pooling mean|lasttoken to pool "
+                          "a decoder's token vectors")
+    device = pick_device("auto")
+    hard = sum(1 for *_, n in examples if n)
+    default = Path(f"{str(data).replace('sample:', '') if isinstance(data, str) else 'data'}-embedding-"
+                   f"{cfg.method}").name
+    task = Task("embedding", None, cfg.data, 1.0, splits, list(splits["train"]), [])
+    run = _new_run(cfg, default, overwrite, task, hard_negatives=hard)
+    set_seed(cfg.seed)  # before the LoRA weights are initialised: same seed, same run
+    student = sentence_transformer(str(source_of(cfg.model)), device, cfg.pooling)
+    student.max_seq_length = cfg.max_length
+    student[0].model = spec.build(student[0].model, method_options,
+                                  BuildContext(family="encoder", task_type=None, default_targets=BERT_TARGETS))
+    return Loop(run, student, examples, _contrastive_loss(student, cfg.scale), cfg,
+                save=lambda r: _save_encoder(r, student, spec.kind), batches=_hard_first(examples, cfg),
+                callbacks=callbacks, facts={"hard_negatives": hard})()
+
+
+def _contrastive_loss(student, scale: float):
+    import torch
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    loss_fn = MultipleNegativesRankingLoss(student, scale=scale)
+
+    def encode(texts):
+        features = student.preprocess(texts) if hasattr(student, "preprocess") else student.tokenize(texts)
+        return {k: v.to(student.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+
+    def loss_of(batch):
+        columns = [encode([q for q, _, _ in batch]), encode([p for _, p, _ in batch])]
+        negatives = [n for *_, n in batch]
+        if all(negatives):  # hard negatives join the in-batch ones when every row of the batch has one
+            columns.append(encode(negatives))
+        return loss_fn(columns, None)
+
+    return loss_of
+
+
+def _hard_first(examples: list, cfg: TuneConfig):
+    hard_rows = [e for e in examples if e[2]]
+    easy_rows = [e for e in examples if not e[2]]
+
+    def batches(epoch):  # rows with a hard negative batched together, so their negatives are used
+        return (shuffled_batches(hard_rows, cfg.batch_size, cfg.seed + epoch)
+                + shuffled_batches(easy_rows, cfg.batch_size, cfg.seed + 1000 + epoch))
+
+    return batches
+
+
+def _has_corpus(data: str) -> bool:
+    if data.startswith("sample:"):
+        return (samples_dir() / data[len("sample:"):] / "corpus.jsonl").exists()
+    return Path(data).is_dir() and (Path(data) / "corpus.jsonl").exists()
+
+
+def _save_encoder(run: Run, student, kind: str) -> None:
+    """LoRA: the transformer's adapter. ``full``: the whole ``SentenceTransformer`` into ``adapter/``, atomically."""
+    if kind != "full":
+        run.save_adapter(student[0].model)
+        return
+    tmp = run.path / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    student.save(str(tmp))
+    if run.adapter_path.exists():
+        shutil.rmtree(run.adapter_path)
+    os.replace(tmp, run.adapter_path)
+
+
+def tune_classifier(prompt, data, settings: Mapping[str, Any], options: Mapping[str, Any], *,
+                    overwrite: bool = False, namespace=None, callbacks: Sequence = ()) -> Run:
+    """A sequence-classification head on an encoder, trained on the prompt's rendered inputs with its
+    ``choices`` as the labels (cross-entropy). ``lora`` trains adapters on the encoder plus the whole
+    head; ``full`` trains everything. ``%evaluate --run`` then reports the usual classification
+    metrics, so the fine-tuned encoder sits in one table with prompted decoders."""
+    import torch
+
+    if prompt is None:
+        raise ConfigError("prompt", "is needed with task='classification': its choices are the labels")
+    if isinstance(prompt, (list, tuple)):
+        raise ConfigError("prompt", "task='classification' trains one head on one prompt")
+    prompt = get_prompt(prompt)
+    cfg, spec, method_options = encoder_config("classification", prompt, data, settings, options)
+    if not prompt.choices:
+        raise ConfigError("choices", f"prompt {prompt.name!r} has no choices; --task classification needs the label "
+                          "words (%%prompt NAME --choices a,b,c)")
+    source = encoder_source(cfg.model)
+    if source is None:
+        raise ConfigError("task", f"classification with a head needs an encoder (minilm-l6 or an encoder directory); "
+                          f"{cfg.model!r} is not one. For a decoder, tune the prompt without --task")
+    splits = load_data(data, namespace)
+    train = list(splits["train"])
+    prompt = prompt.resolve_target(splits["train"].column_names)
+    prompt.check(splits["train"].column_names)
+    labels = [prompt.render_target(row) for row in train]
+    unknown = sorted(set(labels) - set(prompt.choices))
+    if unknown:
+        raise DataError(f"the data has label(s) {', '.join(map(repr, unknown))} that are not among the choices of "
+                        f"prompt {prompt.name!r}: {', '.join(prompt.choices)}")
+    device = pick_device("auto")
+    cfg.labels = list(prompt.choices)
+    run = _new_run(cfg, f"{prompt.name}-{Path(cfg.model).name}-classifier", overwrite,
+                   Task(prompt.name, prompt, cfg.data, 1.0, splits, train, []))
+    set_seed(cfg.seed)  # before the head and the LoRA weights are initialised: same seed, same run
+    net = spec.build(classifier(source, prompt.choices).to(device), method_options,
+                     BuildContext(family="encoder", task_type="SEQ_CLS", default_targets=BERT_TARGETS))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    examples = list(zip([prompt.render(row) for row in train], [prompt.choices.index(label) for label in labels]))
+
+    def loss_of(batch):
+        enc = tokenizer([t for t, _ in batch], padding=True, truncation=True, max_length=cfg.max_length,
+                        return_tensors="pt").to(device)
+        return net(**enc, labels=torch.tensor([y for _, y in batch], device=device)).loss
+
+    return Loop(run, net, examples, loss_of, cfg, callbacks=callbacks,
+                save=lambda r: r.save_adapter(net, tokenizer if spec.kind == "full" else None))()
