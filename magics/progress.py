@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import sys
 
+from IPython.display import display
+
+from nbkit.events import Callback, PlainProgress
+
 # Ancestor processes that say who is running the kernel.
 _FRONTENDS = ("jupyter-lab", "jupyter-notebook", "jupyter-server", "jupyter_server", "jupyterlab",
               "notebook", "voila", "vscode", "code-server")
@@ -51,3 +55,45 @@ def progress_mode(requested: str = "auto") -> str:
         if any(f in names for f in _FRONTENDS):
             return "widget"
     return "widget"
+
+
+class WidgetPerRun(Callback):
+    """A fresh ``%tune`` widget for each run of ``%evaluate --versus``; its notes as plain lines."""
+
+    def __init__(self):
+        self.widget = None
+
+    def on_begin(self, e):
+        from .widgets import TuneWidget
+
+        self.widget = TuneWidget(display=display)
+        self.widget.on_begin(e)
+
+    def on_step(self, e):
+        self.widget.on_step(e)
+
+    def on_evaluate(self, e):
+        self.widget.on_evaluate(e)
+
+    def on_end(self, e):
+        self.widget.on_end(e)
+        self.widget = None
+
+    def on_note(self, text):
+        if self.widget is not None:
+            self.widget.on_note(text)
+        else:
+            print(text, flush=True)
+
+
+def callbacks(progress: str, *, per_run: bool = False) -> list:
+    """Progress subscribers as ``--progress`` picks them: a widget (with ``per_run``, a fresh one for
+    each of several runs), plain lines, or none."""
+    mode = progress_mode(progress)
+    if mode == "widget":
+        if per_run:
+            return [WidgetPerRun()]
+        from .widgets import TuneWidget
+
+        return [TuneWidget(display=display)]
+    return [PlainProgress()] if mode == "plain" else []

@@ -36,7 +36,7 @@ def finite_positive(name: str, value) -> None:
         raise ConfigError(name, f"must be positive numbers, got {value!r}")
 
 
-def fraction(name: str, value, upper_open: bool = True) -> None:
+def fraction(name: str, value) -> None:
     """``value`` must lie in ``[0, 1)``."""
     if not is_number(value) or not 0 <= value < 1:
         raise ConfigError(name, f"must be a fraction in [0, 1), got {value!r}")
@@ -46,3 +46,15 @@ def one_of(name: str, value, allowed) -> None:
     """``value`` must be one of ``allowed``."""
     if value not in allowed:
         raise ConfigError(name, f"must be {', '.join(map(str, allowed[:-1]))} or {allowed[-1]}, got {value!r}")
+
+
+def finite(name: str, value) -> None:
+    """``value`` must be a finite number (not ``nan`` or ``inf``)."""
+    if is_number(value) and not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
+
+
+def folder_name(name: str, value) -> None:
+    """``value`` must name a folder inside another one: no separators, no leading dot, no NUL."""
+    if not isinstance(value, str) or not value or value.startswith(".") or any(c in value for c in "/\\\x00"):
+        raise ConfigError(name, f"must be a plain folder name, got {value!r}")

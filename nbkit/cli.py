@@ -10,9 +10,10 @@ from .errors import NbkitError
 
 
 def _run(args) -> int:
-    from .jobs import parse_value, run_notebook
+    from .jobs import check_parameters, parse_value, run_notebook
 
     parameters = {k: parse_value(v) for k, v in args.parameter}
+    check_parameters(args.notebook, parameters)  # a wrong file or parameter is said before "running"
     print(f"nbkit: running {args.notebook} {' '.join(f'{k}={v!r}' for k, v in parameters.items())}", flush=True)
     job = run_notebook(args.notebook, parameters, jobs_dir=args.jobs_dir, kernel=args.kernel)
     print(f"nbkit: done in {job.seconds:.0f}s; executed notebook: {job.output}")
@@ -90,7 +91,8 @@ def _serve(args) -> int:
     from .serve import Limits, serve
 
     key = args.api_key or os.environ.get("NBKIT_SERVE_API_KEY") or None
-    limits = Limits(max_tokens=args.max_tokens, max_request_bytes=args.max_request_kb * 1024, max_batch=args.max_batch)
+    limits = Limits(max_tokens=args.max_tokens, max_request_bytes=args.max_request_kb * 1024, max_batch=args.max_batch,
+                    default_max_tokens=min(args.default_max_tokens, args.max_tokens), timeout=args.timeout)
     serve(args.model, args.run, host=args.host, port=args.port, api_key=key, limits=limits)
     return 0
 
@@ -144,6 +146,10 @@ def main(argv=None) -> int:
     srv.add_argument("--max-tokens", type=int, default=512, help="the most tokens a request may generate (512)")
     srv.add_argument("--max-request-kb", type=int, default=1024, help="largest request body in KiB (1024)")
     srv.add_argument("--max-batch", type=int, default=8, help="greedy prompts answered in one batch (8)")
+    srv.add_argument("--default-max-tokens", type=int, default=256,
+                     help="what a chat request that sets no max_tokens gets (256; DSPy sets none)")
+    srv.add_argument("--timeout", type=float, default=300,
+                     help="seconds a request may take, queued and generating, before its answer ends (300)")
     args = parser.parse_args(argv)
     try:
         return {"run": _run, "sweep": _sweep, "tune": _tune, "export": _export, "serve": _serve}[args.command](args)

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .checks import positive_number
+from .checks import finite, folder_name, positive_number
 from .errors import ConfigError
 
 DEFAULT_MODEL = "smollm2-135m"  # the embedded decoder
@@ -88,9 +88,11 @@ class TuneConfig:
             raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.model is None:
             self.model = DEFAULT_MODEL if self.task == "generation" else DEFAULT_ENCODER
+        for name in ("lr", "epochs", "warmup", "scale"):
+            finite(name, getattr(self, name))
         if self.lr is not None:
             positive_number("lr", self.lr)
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or self.epochs < 0:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or not self.epochs >= 0:
             raise ConfigError("epochs", f"must be >= 0, got {self.epochs!r}")
         if self.max_steps is not None:
             positive_number("max_steps", self.max_steps, int)
@@ -107,8 +109,8 @@ class TuneConfig:
             raise ConfigError("gradient_checkpointing", f"must be true or false, got {self.gradient_checkpointing!r}")
         self._check_dev()
         self._check_tasks()
-        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
-            raise ConfigError("name", f"must be a plain folder name, got {self.name!r}")
+        if self.name is not None:
+            folder_name("name", self.name)
 
     def _check_dev(self) -> None:
         if self.dev is not None:

@@ -120,25 +120,78 @@ def _from_hub(ident: str):
 
 
 def _read_file(path: Path) -> dict:
-    import datasets
     import pandas as pd
 
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            frame = pd.read_csv(path)
-        elif suffix == ".jsonl":
-            frame = pd.read_json(path, lines=True)
-        elif suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        else:  # .json: a list of records, or {"train": [...], "test": [...]}
-            content = json.loads(path.read_text())
-            if isinstance(content, dict):
-                return {k: datasets.Dataset.from_list(v) for k, v in content.items()}
-            frame = pd.DataFrame(content)
+            return {"train": _dataset(pd.read_csv(path), repr(str(path)))}
+        if suffix == ".jsonl":
+            return {"train": _dataset(_jsonl_rows(path), repr(str(path)))}
+        if suffix == ".parquet":
+            return {"train": _dataset(pd.read_parquet(path), repr(str(path)))}
+        content = json.loads(path.read_text())  # .json: a list of records, or {"train": [...], "test": [...]}
+    except DataError:
+        raise
+    except json.JSONDecodeError as e:
+        raise DataError(f"{str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
     except (ValueError, OSError) as e:
         raise DataError(f"could not read {str(path)!r}: {e}") from None
-    return {"train": datasets.Dataset.from_pandas(frame, preserve_index=False)}
+    if isinstance(content, dict) and content and all(isinstance(v, list) for v in content.values()):
+        return {k: _dataset(v, f"{str(path)!r}, split {k!r}") for k, v in content.items()}
+    if isinstance(content, list):
+        return {"train": _dataset(content, repr(str(path)))}
+    raise DataError(f"{str(path)!r} holds a JSON {type(content).__name__}; a .json data file is a list of records "
+                    '([{"text": ..., "label": ...}, ...]) or splits of them ({"train": [...], "test": [...]})')
+
+
+def _jsonl_rows(path: Path) -> list[dict]:
+    """The records of a JSON-lines file; a line that does not parse is an error naming it."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{str(path)!r} line {number} is not valid JSON: {e.msg} (column {e.colno})") from None
+    return rows
+
+
+def _dataset(rows, what: str):
+    """A ``datasets.Dataset`` of a DataFrame or a list of records; records that are not objects, or a column
+    whose values change type (an int, then a string), are errors naming the place."""
+    import datasets
+    import pandas as pd
+
+    if isinstance(rows, pd.DataFrame):  # typed by pandas already: only an object column can mix types
+        try:
+            return datasets.Dataset.from_pandas(rows, preserve_index=False)
+        except (TypeError, ValueError, OverflowError) as e:
+            _check_column_types(rows.to_dict("records"), what)
+            raise DataError(f"{what}: the rows do not make a table: {type(e).__name__}: {e}") from None
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r, Mapping)), None)
+    if bad is not None:
+        raise DataError(f"{what}: record {bad} is {type(rows[bad]).__name__}, not an object with named fields")
+    _check_column_types(rows, what)
+    try:
+        return datasets.Dataset.from_list(list(rows))
+    except (TypeError, ValueError, OverflowError) as e:  # pyarrow's errors are ValueError/TypeError subclasses
+        raise DataError(f"{what}: the rows do not make a table: {type(e).__name__}: {e}") from None
+
+
+def _check_column_types(rows, what: str) -> None:
+    kinds: dict[str, tuple[type, int, str]] = {}
+    for i, row in enumerate(rows):
+        for column, value in row.items():
+            if value is None or (isinstance(value, float) and value != value):
+                continue  # missing values are allowed in any column
+            kind = float if isinstance(value, int) and not isinstance(value, bool) else type(value)
+            seen = kinds.setdefault(column, (kind, i, type(value).__name__))
+            if seen[0] is not kind:
+                raise DataError(f"{what}: column {column!r} holds {seen[2]} in record {seen[1]} but "
+                                f"{type(value).__name__} in record {i}; make every value of a column the same type "
+                                "(e.g. all strings)")
 
 
 def _from_object(obj: Any, what: str):
@@ -150,11 +203,11 @@ def _from_object(obj: Any, what: str):
     if isinstance(obj, datasets.Dataset):
         return datasets.DatasetDict({"train": obj})
     if isinstance(obj, pd.DataFrame):
-        return datasets.DatasetDict({"train": datasets.Dataset.from_pandas(obj, preserve_index=False)})
+        return datasets.DatasetDict({"train": _dataset(obj, what)})
     if isinstance(obj, (list, tuple)) and all(isinstance(r, Mapping) for r in obj):
         if not obj:
             raise DataError(f"{what} is an empty list")
-        return datasets.DatasetDict({"train": datasets.Dataset.from_list(list(obj))})
+        return datasets.DatasetDict({"train": _dataset(list(obj), what)})
     if isinstance(obj, Mapping) and obj and all(isinstance(v, (list, pd.DataFrame, datasets.Dataset)) for v in obj.values()):
         return datasets.DatasetDict({k: _from_object(v, f"{what}[{k!r}]")["train"] for k, v in obj.items()})
     raise DataError(

@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, NbkitError, RunExistsError
+from .errors import ConfigError, NbkitError
 from .runs import Run, write_json
 from .session import get_run
 
@@ -54,10 +54,9 @@ def export(run: Run | str, path: str | os.PathLike, *, merge: bool = True, overw
     """
     run = get_run(run, namespace)
     path = Path(path)
-    if path.exists():
-        if not overwrite:
-            raise RunExistsError(path)
-        shutil.rmtree(path)
+    if path.exists() and not overwrite:
+        raise ConfigError("out", f"{str(path)!r} already exists; pass --overwrite to replace it (it is replaced only "
+                          "once the new export is complete), or give another --out")
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -77,7 +76,12 @@ def export(run: Run | str, path: str | os.PathLike, *, merge: bool = True, overw
         "merged": result.merged, "max_logit_diff": result.max_logit_diff, "checked_examples": result.examples,
         "prompt": run.prompt,
     })
+    old = path.with_name(f".{path.name}.old")
+    if path.exists():  # the previous export goes only now that the new one is whole
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
     os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
     return result
 
 

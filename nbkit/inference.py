@@ -61,15 +61,7 @@ def score_choices(model, pad_id: int, contexts: Sequence[list[int]], choices: Se
             prefix = model(input_ids=torch.tensor([contexts[0][:shared]], device=device), use_cache=True)
             prefix = prefix_cache(prefix)
         for batch in _batches(order, batch_size):
-            width = max(len(contexts[k]) for k in batch) - shared
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), shared + width), dtype=torch.long)
-            mask[:, :shared] = 1
-            for b, k in enumerate(batch):  # left padding: every context ends at the same column
-                n = len(contexts[k]) - shared
-                ids[b, width - n:] = torch.tensor(contexts[k][shared:])
-                mask[b, shared + width - n:] = 1
-            positions = ((mask.cumsum(-1) - 1).clamp(min=0))[:, shared:]
+            ids, mask, positions = _left_padded([contexts[k] for k in batch], shared, pad_id)
             past = {}
             if prefix is not None:
                 key, cache = prefix
@@ -98,6 +90,23 @@ def score_choices(model, pad_id: int, contexts: Sequence[list[int]], choices: Se
                         total += rest[b, j, t - 1, ch[t]].item()
                     scores[k, j] = total / len(ch) if normalize else total
     return scores
+
+
+def _left_padded(rows: Sequence[list[int]], shared: int, pad_id: int):
+    """(ids after the shared prefix, attention mask over prefix + ids, positions of the ids) of rows that
+    all start with the same ``shared`` tokens, left-padded so every row ends at the same column."""
+    import torch
+
+    width = max(len(r) for r in rows) - shared
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), shared + width), dtype=torch.long)
+    mask[:, :shared] = 1
+    for b, row in enumerate(rows):
+        n = len(row) - shared
+        ids[b, width - n:] = torch.tensor(row[shared:])
+        mask[b, shared + width - n:] = 1
+    positions = ((mask.cumsum(-1) - 1).clamp(min=0))[:, shared:]
+    return ids, mask, positions
 
 
 MIN_SHARED = 8  # a shorter common prefix is not worth a pass of its own
@@ -239,7 +248,7 @@ class Generated:
 def generate_tokens(model, tokenizer, contexts: Sequence[list[int]], max_new_tokens: int = 64,
                     batch_size: int = GENERATE_BATCH,
                     *, logprobs: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
-                    stop: Sequence[str] = (), streamer=None) -> list[Generated]:
+                    stop: Sequence[str] = (), streamer=None, should_stop=None) -> list[Generated]:
     """Completions of each context, batched with left padding: greedy, or sampled with ``temperature``.
 
     Args:
@@ -248,6 +257,8 @@ def generate_tokens(model, tokenizer, contexts: Sequence[list[int]], max_new_tok
         stop: strings that end a completion (the server's ``stop``); the text is cut before them
             by the caller, generation stops once one appears.
         streamer: a transformers streamer (one context only).
+        should_stop: called between steps; generation ends (``finish`` is ``length``) once it returns
+            True (the server's client went away, or its deadline passed).
     """
     import torch
 
@@ -257,6 +268,8 @@ def generate_tokens(model, tokenizer, contexts: Sequence[list[int]], max_new_tok
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     extra = {"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}
+    if should_stop is not None:
+        extra["stopping_criteria"] = _halting(should_stop)
     with torch.inference_mode():
         for batch in _batches(order, batch_size):
             width = max(len(contexts[k]) for k in batch)
@@ -289,6 +302,18 @@ def generate_tokens(model, tokenizer, contexts: Sequence[list[int]], max_new_tok
                         gen.top = [[] for _ in row]
                 results[k] = gen
     return results
+
+
+def _halting(should_stop):
+    """A transformers stopping criterion that ends every row once ``should_stop()`` is true."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Halt(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Halt()])
 
 
 def _trailing(row: list[int], pad: int) -> int:

@@ -28,6 +28,7 @@ from .runs import Run
 from .session import register_prompt
 
 VERSION = 1
+MAX_BYTES = 1_000_000  # a job file holds settings and prompts; data is written beside it
 # keys of a job file besides the TuneConfig fields
 EXTRA_KEYS = ("nbkit_job", "prompts")
 # TuneConfig fields a recipe decides from the model and the prompt; a job file may carry them, tune does not take them
@@ -121,6 +122,9 @@ def read_job(path: str | os.PathLike, overrides: Sequence[str] = ()) -> JobFile:
     path = Path(path)
     if not path.exists():
         raise ConfigError("config", f"job file {str(path)!r} not found")
+    if path.stat().st_size > MAX_BYTES:  # read nothing of a file no job needs: parsing it could take minutes
+        raise ConfigError("config", f"job file {str(path)!r} has {path.stat().st_size:,} bytes; a job file is a few "
+                          f"KB (at most {MAX_BYTES:,} bytes): its data belongs in a data file it names")
     text = path.read_text()
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -54,8 +54,17 @@ def parse_value(text: str) -> Any:
 
 
 def notebook_parameters(notebook: Path) -> dict:
+    """The parameters a notebook's ``parameters`` cell defines; a file that is not a notebook is an error."""
+    import nbformat
     import papermill
 
+    if notebook.suffix != ".ipynb":
+        raise NbkitError(f"{str(notebook)!r} is not a notebook (.ipynb); nbkit run executes notebooks")
+    try:
+        nbformat.validate(nbformat.read(str(notebook), as_version=4))
+    except Exception as e:  # bad JSON, or JSON that is not a notebook
+        reason = str(e).splitlines()[0][:200]
+        raise NbkitError(f"{str(notebook)!r} is not a readable notebook: {type(e).__name__}: {reason}") from None
     return papermill.inspect_notebook(str(notebook))
 
 

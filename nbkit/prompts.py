@@ -19,9 +19,30 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import ConfigError, TemplateError
 
-# Sandboxed: templates come from notebooks and run files that may be shared;
+class _BoundedEnvironment(SandboxedEnvironment):
+    """Sandboxed: templates come from notebooks and run files that may be shared. Powers are
+    intercepted, which also stops Jinja folding ``{{ 9**(9**9) }}`` at compile time (a hang), and a
+    power whose result would be huge is refused when it renders."""
+
+    intercepted_binops = frozenset(["**"])
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and _too_big(left, right):
+            raise jinja2.exceptions.SecurityError(f"{left!r} ** {right!r} is too large to compute")
+        return super().call_binop(context, operator, left, right)
+
+
+def _too_big(base, exponent) -> bool:
+    import math
+
+    try:
+        return abs(float(exponent)) * math.log2(max(abs(float(base)), 2)) > 4096
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 # StrictUndefined: a misspelt variable must fail, not render as "".
-_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+_ENV = _BoundedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
 
 
 def _compile(source: str, what: str) -> jinja2.Template:
@@ -74,6 +95,7 @@ class Prompt:
     _compiled_target: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        self._check_types()
         self.template = self.template.strip("\n")
         if not self.template.strip():
             raise ConfigError("template", "is empty; write the prompt text in the cell body")
@@ -101,6 +123,24 @@ class Prompt:
                 raise ConfigError("k", f"must be a positive integer, got {self.k!r}")
         if self.target is not None:
             self._compiled_target = _compile(self.target, f"target of prompt {self.name!r}")
+
+    def _check_types(self) -> None:
+        """Fields of the wrong type (from a job file, say) are errors naming the field, not tracebacks."""
+        for name in ("template", "name"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(name, f"must be text, got {getattr(self, name)!r}")
+        for name in ("target", "system", "query"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ConfigError(name, f"must be text, got {getattr(self, name)!r}")
+        if isinstance(self.choices, str):  # "yes,no" as on the magic line: two label words, not six letters
+            self.choices = [c for c in self.choices.split(",")]
+        if self.choices is not None and (not isinstance(self.choices, (list, tuple))
+                                         or not all(isinstance(c, (str, int, float)) for c in self.choices)):
+            raise ConfigError("choices", f"must be a list of label words (or \"a,b,c\"), got {self.choices!r}")
+        if self.chat is not None and not isinstance(self.chat, bool):
+            raise ConfigError("chat", f"must be true, false or unset, got {self.chat!r}")
+        if "\x00" in self.name:
+            raise ConfigError("name", "contains a NUL byte")
 
     # -- what the template needs -------------------------------------------------
     @property
@@ -163,6 +203,8 @@ class Prompt:
     def _render(self, template: jinja2.Template, row: Mapping[str, Any]) -> str:
         try:
             return template.render(**row)
+        except jinja2.exceptions.SecurityError as e:
+            raise TemplateError(f"prompt {self.name!r}: {e}") from None
         except jinja2.UndefinedError as e:
             variable = str(e.message).split("'")[1] if "'" in str(e.message) else None
             raise TemplateError(

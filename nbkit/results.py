@@ -99,6 +99,8 @@ class Report:
         text = f"nbkit Report on {self.info.get('data')} [{self.info.get('split')}]\n{self.frame.to_string()}"
         if self.info.get("api"):
             text += f"\nAPI requests:\n{self.api().to_string()}"
+        for target, error in (self.info.get("errors") or {}).items():
+            text += f"\n{target} failed: {error}"
         return text
 
     def api(self):

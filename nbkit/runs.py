@@ -20,7 +20,9 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -96,7 +98,13 @@ class Run:
 
     @property
     def status(self) -> str:
-        return self._read("status.json", {}).get("status", "unknown")
+        """``created``, ``running``, ``completed``, ``interrupted`` or ``failed``. A run marked running whose
+        process is gone (killed, the machine restarted) reads as ``interrupted``: ``--resume`` continues it."""
+        data = self._read("status.json", {})
+        status = data.get("status", "unknown")
+        if status == "running" and data.get("host") == socket.gethostname() and not _alive(data.get("pid")):
+            return "interrupted"
+        return status
 
     @property
     def metrics(self) -> dict:
@@ -173,16 +181,59 @@ class Run:
 
     @classmethod
     def create(cls, name: str, overwrite: bool = False, resume: bool = False, root: Path | None = None) -> "Run":
+        """The run directory ``name``, made (or reopened with ``resume``). With ``overwrite`` the run already
+        there is set aside, not deleted: :meth:`settle` removes it once the new run has completed, or puts
+        it back if the new one does not complete."""
         path = cls.check_create(name, overwrite, resume, root)
+        replaced = None
         if path.exists() and not resume:
-            shutil.rmtree(path)  # overwrite
+            replaced = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(path, replaced)
         path.mkdir(parents=True, exist_ok=True)
+        if replaced is not None:
+            (path / REPLACES).write_text(replaced.name)
         return cls(path)
 
+    def settle(self, completed: bool) -> None:
+        """The end of an ``overwrite``: a completed run drops the run it replaces; one that did not complete
+        is removed and the old run is put back where it was."""
+        marker = self.path / REPLACES
+        if not marker.exists():
+            return
+        old = self.path.with_name(marker.read_text().strip())
+        if completed:
+            marker.unlink()
+            shutil.rmtree(old, ignore_errors=True)
+        elif old.exists():
+            shutil.rmtree(self.path)
+            os.replace(old, self.path)
+
+    def discard(self) -> None:
+        """Remove a run that failed before it trained (nothing in it is worth keeping), putting back the run
+        it was to replace; so a failed start neither loses the old run nor takes a name."""
+        if (self.path / REPLACES).exists():
+            self.settle(completed=False)
+        else:
+            shutil.rmtree(self.path, ignore_errors=True)
+
     def set_status(self, status: str, **extra) -> None:
+        """Write ``status.json``; a running run records its process (pid, host) so a dead one is recognised."""
         data = self._read("status.json", {})
+        if status == "running":
+            extra = {"pid": os.getpid(), "host": socket.gethostname(), **extra}
         data.update(status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
         write_json(self.path / "status.json", data)
+
+    def truncate_logs(self, step: int) -> None:
+        """Drop the logged steps after ``step`` (a resumed run trains them again and logs them anew)."""
+        for filename in ("metrics.jsonl", "dev.jsonl"):
+            rows = self._read_lines(filename)
+            kept = [r for r in rows if r.get("step", 0) <= step]
+            if len(kept) != len(rows):
+                tmp = self.path / f".{filename}.tmp"
+                tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+                os.replace(tmp, self.path / filename)
 
     def append_metrics(self, row: Mapping, filename: str = "metrics.jsonl") -> None:
         with open(self.path / filename, "a") as f:
@@ -210,14 +261,37 @@ class Run:
         shutil.rmtree(old, ignore_errors=True)
 
 
+REPLACES = ".replaces"  # in a run made with overwrite: the folder the replaced run waits in
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return True  # no pid recorded (an older run): trust what it says
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _fmt(value, unit: str = "", digits: int = 4):
     if not isinstance(value, (int, float)):
         return None
     return f"{value:.{digits}f}{unit}" if digits else f"{value:,.0f}{unit}"
 
 
+def safe_name(text: str) -> str:
+    """``text`` as a plain folder name: what is not a letter, digit or ``_.+=-`` becomes ``-``, and it
+    starts with neither a dot nor a dash (a prompt named ``../../x`` names the run ``x``)."""
+    name = re.sub(r"[^\w.+=-]+", "-", str(text)).lstrip(".-")[:100]
+    return name or "run"
+
+
 def free_name(base: str, root: Path | None = None) -> str:
-    """``base``, or ``base-2``, ``base-3``, … if a run of that name exists."""
+    """``base`` made a plain folder name (:func:`safe_name`), or ``base-2``, ``base-3``, … if that is taken."""
+    base = safe_name(base)
     root, name, n = root or runs_dir(), base, 1
     while (root / name).exists():
         n += 1

@@ -87,7 +87,8 @@ def remember_run(run: Run) -> Run:
 def available_runs(root: Path | None = None) -> list[str]:
     """Runs on disk under ``root`` (default the runs folder) and those of this session."""
     root = root or runs_dir()
-    found = {p.name for p in root.iterdir() if (p / "config.json").exists()} if root.is_dir() else set()
+    found = {p.name for p in root.iterdir() if (p / "config.json").exists() and not p.name.startswith(".")} \
+        if root.is_dir() else set()
     return sorted(found | set(_CURRENT.runs))
 
 

@@ -45,6 +45,25 @@ def ip():
     return shell
 
 
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory):
+    """A 2-layer T5 with random weights and the MiniLM WordPiece tokenizer, saved like a checkpoint."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    from nbkit.models import encoder_path
+
+    tokenizer = AutoTokenizer.from_pretrained(encoder_path("minilm-l6"))
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=tokenizer.vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                      num_decoder_layers=2, num_heads=4, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.sep_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny-t5")
+    T5ForConditionalGeneration(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture
 def intent_prompt():
     from nbkit.prompts import Prompt

@@ -10,7 +10,7 @@ from nbkit.prompts import Prompt
 from nbkit.session import current
 
 PROMPTS = current().prompts  # the session's registry (one dict for the whole test session)
-from nbkit.search import _variant, instruction_of
+from nbkit.search import instruction_of, variant as _variant
 
 
 @pytest.fixture
@@ -138,7 +138,7 @@ def test_gradient_search_lowers_the_label_loss_and_reports_what_it_found(ip):
 
 
 def test_reinforce_moves_the_policy_to_the_rewarded_options():
-    from nbkit.optimize import reinforce
+    from nbkit.search import reinforce
 
     space = [["a", "b", "c"], [0, 4]]
     seen, policy = reinforce(space, lambda pick, draw: float(pick == (2, 1)) + 0.1 * pick[1], budget=60, seed=1)

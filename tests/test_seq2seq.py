@@ -16,25 +16,6 @@ ROWS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_t5(tmp_path_factory):
-    """A 2-layer T5 with random weights and the MiniLM WordPiece tokenizer, saved like a checkpoint."""
-    import torch
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
-
-    from nbkit.models import encoder_path
-
-    tokenizer = AutoTokenizer.from_pretrained(encoder_path("minilm-l6"))
-    torch.manual_seed(0)
-    config = T5Config(vocab_size=tokenizer.vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2,
-                      num_decoder_layers=2, num_heads=4, pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=tokenizer.sep_token_id, decoder_start_token_id=tokenizer.pad_token_id)
-    path = tmp_path_factory.mktemp("tiny-t5")
-    T5ForConditionalGeneration(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def test_tiny_t5_is_tuned_and_evaluated_through_the_magics(ip, tiny_t5):
     from nbkit.models import family_of
 
@@ -64,3 +45,52 @@ def test_tiny_t5_is_tuned_and_evaluated_through_the_magics(ip, tiny_t5):
         ip.run_line_magic("evaluate", f"--prompt brief --model {tiny_t5} --data meetings --metric perplexity")
     with pytest.raises(Exception, match="not available for encoder-decoder"):
         ip.run_line_magic("tune", f"--prompt brief --data meetings --model {tiny_t5} --method prefix-tuning")
+
+
+class _StopAt:
+    """A progress subscriber that raises ``error`` at step ``step``, like a failure mid-run or a Ctrl-C."""
+
+    def __init__(self, step: int, error: BaseException):
+        self.step, self.error = step, error
+
+    def on_begin(self, e): ...
+
+    def on_evaluate(self, e): ...
+
+    def on_note(self, text): ...
+
+    def on_end(self, e): ...
+
+    def on_step(self, e):
+        if e.step == self.step:
+            raise self.error
+
+
+@pytest.mark.parametrize("error, raised, status", [
+    (RuntimeError("the disk is full"), "TrainingFailed", "failed"),
+    (KeyboardInterrupt(), "TrainingInterrupted", "interrupted"),
+])
+def test_every_family_fails_and_is_interrupted_alike(tiny_t5, smol, intent_prompt, error, raised, status):
+    """A decoder, an encoder (both tasks) and an encoder-decoder run that stop mid-training raise the same
+    nbkit exception, marked in status.json with the run kept (the recipes share one way to end)."""
+    import nbkit.errors
+    from nbkit import tune
+    from nbkit.prompts import Prompt
+
+    pairs = [{"query": f"question {i}", "positive": f"answer {i}"} for i in range(8)]
+    summarize = Prompt("summarize: {{ text }}", name="brief-stop", target="{{ summary }}")
+    runs = {
+        "decoder": lambda cb: tune(intent_prompt, "sample:intent", max_steps=3, name="dec-stop", callbacks=[cb]),
+        "classifier": lambda cb: tune(intent_prompt, "sample:intent", task="classification", epochs=1,
+                                      name="cls-stop", callbacks=[cb]),
+        "embedding": lambda cb: tune(None, pairs, task="embedding", batch_size=2, name="emb-stop", callbacks=[cb]),
+        "seq2seq": lambda cb: tune(summarize, ROWS, model=tiny_t5, batch_size=2, name="s2s-stop", callbacks=[cb]),
+    }
+    for family, start in runs.items():
+        with pytest.raises(getattr(nbkit.errors, raised)) as e:
+            start(_StopAt(2, error))
+        run = e.value.run
+        assert run.status == status, family
+        assert (run.path / "config.json").exists() and not run.has_adapter(), family
+        if raised == "TrainingFailed":
+            assert "the disk is full" in e.value.reason, family

@@ -14,7 +14,7 @@ from nbkit.session import current
 
 PROMPTS = current().prompts  # the session's registry (one dict for the whole test session)
 from nbkit.results import Report
-from nbkit.versus import APPROACHES, TUNED, _PeakMemory, _reset_high_water_mark, _status_kib
+from nbkit.versus import APPROACHES, TUNED, PeakMemory as _PeakMemory
 
 INTENT = "Which team should handle this message?\nMessage: {{ text }}\nTeam:"
 
@@ -97,7 +97,7 @@ def test_peak_memory_mark_comes_down_to_what_is_resident():
 
     check = """
 import mmap, sys
-from nbkit.versus import _reset_high_water_mark, _status_kib
+from nbkit.versus import reset_high_water_mark as _reset_high_water_mark, status_kib as _status_kib
 def _hwm_minus_rss():
     return _status_kib("VmHWM") - _status_kib("VmRSS")
 if not _reset_high_water_mark():
@@ -120,7 +120,7 @@ print(int(_reset_high_water_mark()), _hwm_minus_rss())
 
 
 def test_peak_memory_is_none_where_the_mark_cannot_be_reset(monkeypatch):
-    monkeypatch.setattr(nbkit.versus, "_reset_high_water_mark", lambda: False)
+    monkeypatch.setattr(nbkit.versus.memory, "reset_high_water_mark", lambda: False)  # where PeakMemory looks it up
     meter = _PeakMemory("cpu")
     meter.reset()
     assert meter.read() == {"peak_memory_mb": None} and meter.baseline is None
@@ -176,7 +176,7 @@ def failing_tune(monkeypatch):
         raise errors[method]
 
     monkeypatch.setattr(nbkit.training, "tune", tune)
-    monkeypatch.setattr(nbkit.versus, "_warm_up", lambda model, approaches: "cpu")
+    monkeypatch.setattr(nbkit.versus, "warm_up", lambda model, approaches: "cpu")
     return calls, errors
 
 

@@ -138,6 +138,8 @@ def score(prepared_targets: Sequence[tuple[Target, Prompt, list[str]]], rows, tr
         results[t.label] = {**compute_metrics(out.frame, names, p.choices), "n": len(out.frame)}
         seconds[t.label] = round(time.monotonic() - started, 2)
         predictions[t.label] = out.frame
+    if errors and not results:  # nothing to show: say why instead of an empty table
+        raise NbkitError("every target failed: " + "; ".join(f"{label}: {e}" for label, e in errors.items()))
     table = pd.DataFrame.from_dict(results, orient="index")
     table.index.name = "target"
     metric_names = list(dict.fromkeys(m for *_, names in prepared_targets for m in names))

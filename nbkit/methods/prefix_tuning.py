@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ..checks import positive_int
-from .registry import Method, register_method
+from .registry import Method, check_virtual_tokens, register_method
 
 
 @dataclass
@@ -27,6 +27,7 @@ class PrefixTuningOptions:
 
 
 def check(model_config, options) -> None:
+    check_virtual_tokens(model_config, options)
     needed = ("num_hidden_layers", "num_attention_heads", "hidden_size")
     missing = [k for k in needed if getattr(model_config, k, None) is None]
     if missing or getattr(model_config, "use_cache", True) is False:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ..checks import positive_int
-from .registry import Method, register_method
+from .registry import Method, check_virtual_tokens, register_method
 
 
 @dataclass
@@ -55,6 +55,6 @@ def build(model, options: PromptTuningOptions, context):
 
 
 register_method(Method(
-    "prompt-tuning", PromptTuningOptions, build, quantize=None, lr=3e-2, kind="prompt",
+    "prompt-tuning", PromptTuningOptions, build, quantize=None, lr=3e-2, kind="prompt", check=check_virtual_tokens,
     summary="a trainable soft prompt before the input, started from the prompt's own words",
 ))

@@ -110,6 +110,16 @@ def method_for(name: str, family: str, refusal: str) -> Method:
     return method
 
 
+def check_virtual_tokens(model_config, options) -> None:
+    """A learned prompt must leave the model room for the input: its virtual tokens take positions of the
+    context window (``--virtual-tokens 100000000`` would try to allocate hundreds of GB)."""
+    n = getattr(options, "virtual_tokens", None)
+    window = getattr(model_config, "max_position_embeddings", None)
+    if n is not None and window and n >= window:
+        raise ConfigError("virtual_tokens", f"is {n}, but the model reads at most {window} tokens in all; "
+                          f"use far fewer (8-100 is usual)")
+
+
 def option_fields() -> dict[str, dataclasses.Field]:
     """Every option of every method by name (the first declaration wins), for ``%tune``'s flags."""
     fields: dict[str, dataclasses.Field] = {}

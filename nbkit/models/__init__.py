@@ -14,7 +14,7 @@ import warnings
 from ..config import DEFAULT_ENCODER, DEFAULT_MODEL
 from ..errors import ConfigError
 from ..session import current
-from .decoder import Model, load_decoder, model_config, peft_type, resolve
+from .decoder import Model, load_decoder, load_tokenizer, model_config, peft_type, resolve
 from .devices import QUANTIZE, autocast_precision, compute_dtype, pick_device, quantization_config, under_fsdp
 from .embedded import EMBEDDED, ENCODERS, cache_dir, embedded_gguf, embedded_path, encoder_path
 from .encoder import EncoderModel, load_encoder
@@ -32,7 +32,7 @@ __all__ = [
     "API_PREFIX", "DEFAULT_ENCODER", "DEFAULT_MODEL", "EMBEDDED", "ENCODERS", "EncoderModel", "FAMILIES", "QUANTIZE",
     "Model",
     "autocast_precision", "cache_dir", "compute_dtype", "embedded_gguf", "embedded_path", "encoder_path", "family",
-    "family_of", "load_model", "model_config", "peft_type", "pick_device", "quantization_config", "resolve",
+    "family_of", "load_model", "load_tokenizer", "model_config", "peft_type", "pick_device", "quantization_config", "resolve",
     "under_fsdp",
 ]
 

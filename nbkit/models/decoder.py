@@ -123,6 +123,20 @@ def load_decoder(spec: str, quantize: str | None, device: str) -> Model:
     return Model(name, model, tokenizer, device, quantize)
 
 
+def load_tokenizer(spec: str):
+    """The tokenizer of a decoder spec alone (no weights), with a pad token as :func:`load_decoder` sets it."""
+    from transformers import AutoTokenizer
+
+    _, source = resolve(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as e:
+        raise NbkitError(f"could not load the tokenizer of {spec!r}: {e}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def model_config(spec: str):
     """The model's configuration and where it lives, without loading weights."""
     from transformers import AutoConfig

@@ -92,7 +92,7 @@ def predict(api: ApiModel, prompt, rows, train_rows, *, max_new_tokens: int | No
         if max_new_tokens is None:  # as locally: room for the longest expected answer, and some
             max_new_tokens = max(len((e or "").split()) * 2 for e in expected) + 16
         endpoint, answers, errors = _send(api, prompt, rows, train_rows, max_new_tokens, logprobs=False)
-    keep, outputs, by_logprobs = [], [], 0
+    keep, outputs, by_logprobs, returned = [], [], 0, 0
     for i, answer in enumerate(answers):
         if answer is None:
             continue
@@ -103,6 +103,7 @@ def predict(api: ApiModel, prompt, rows, train_rows, *, max_new_tokens: int | No
             continue
         if prompt.choices:
             comps = [prompt.completion(c, ChatTokenizer) for c in prompt.choices]
+            returned += bool(top)
             scores = choice_scores(top, comps) if top else None
             if scores is not None:
                 by_logprobs += 1
@@ -118,6 +119,9 @@ def predict(api: ApiModel, prompt, rows, train_rows, *, max_new_tokens: int | No
         how = "greedy generation through the API"
     elif by_logprobs == len(keep):
         how = f"first-token log-probabilities from the API (top {TOP_LOGPROBS if endpoint == 'chat' else 5})"
+    elif by_logprobs == 0 and returned:
+        how = ("generated text matched to the choices (the server returned log-probabilities, but none of "
+               "their top tokens begins a choice)")
     elif by_logprobs == 0:
         how = "generated text matched to the choices (the server returned no log-probabilities)"
     else:

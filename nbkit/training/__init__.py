@@ -58,20 +58,12 @@ def tune(
         data: a data spec (see :func:`nbkit.load_data`); its ``train`` split is used. For
             multi-task training a list of specs, one per prompt (a single spec or a single
             prompt is used for every task). A list of dicts is one data set, not several.
-        model: base model spec (default ``smollm2-135m``; ``minilm-l6`` for the encoder tasks).
-        method: ``lora``, ``qlora``, ``dora``, ``ia3``, ``prompt-tuning``, ``p-tuning``, ``prefix-tuning``
-            or ``full`` (see ``nbkit.methods.available_methods()``).
-        epochs, max_steps, lr, batch_size, grad_accum, max_length, warmup, seed: training settings.
-        precision: ``auto`` (bf16 autocast on GPUs that have it, fp32 on CPU), ``bf16``, ``fp16``, ``fp32``.
-        gradient_checkpointing: trade compute for activation memory.
-        dev: held-out data scored during training (fraction or count of the train split, or a split
-            name); the best checkpoint by its metric becomes the run's adapter.
-        eval_every: steps between those evaluations (default: five per run).
-        patience: stop after this many evaluations without improvement.
-        save_every: steps between checkpoints (default: four per run; with ``dev``, every evaluation).
-        weights: multi-task: each task's weight in the loss, ``sum_t w_t * (token losses of t)``
-            over ``sum_t w_t * (tokens of t)`` per batch; all 1 (the default) is plain fine-tuning
-            on the mixed data. Each task's own loss is logged (``Run.history``, ``loss_<task>``).
+        model, method, epochs, max_steps, lr, batch_size, grad_accum, max_length, warmup, seed,
+        precision, gradient_checkpointing, dev, eval_every, patience, save_every, weights,
+        pooling, corpus, scale: the run's settings; each is declared once, with its default and
+            meaning, on :class:`nbkit.config.TuneConfig` (``%tune?`` shows the same texts). ``dev``
+            picks the best checkpoint by its metric; ``weights`` weighs each task's tokens in a
+            multi-task loss, and each task's own loss is logged (``loss_<task>``).
         name: run name (a folder under ``runs/``); default ``<prompt>-<method>``, numbered if taken.
         resume: continue the run ``name`` from its last checkpoint.
         overwrite: replace an existing run directory of the same name.
@@ -82,11 +74,8 @@ def tune(
         callbacks: progress subscribers; default prints a few plain lines.
         task: ``generation`` (the default: a decoder learns the target text), ``classification``
             (an encoder with a head) or ``embedding`` (an encoder, contrastive).
-        pooling, corpus, scale: ``task="embedding"`` only (see :class:`nbkit.config.TuneConfig`).
         **options: method options (``r``, ``alpha``, ``dropout``, ``target_modules``, ``virtual_tokens``, …;
             ``%nbkit methods`` lists them).
-
-    Every setting's default and meaning is declared once, on :class:`nbkit.config.TuneConfig`.
 
     Returns:
         The :class:`Run`, completed (the job file's path with ``export``).

@@ -63,10 +63,22 @@ class SoftInterrupt:
 
 
 def last_checkpoint(run: Run) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint of ``run`` (the Trainer writes ``trainer_state.json`` last); newer
+    incomplete ones (a process killed while saving) are removed, so ``--resume`` continues from the last
+    checkpoint that holds everything."""
+    import json
+    import shutil
 
     folder = run.path / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1])
+                   if p.name.rsplit("-", 1)[-1].isdigit() else -1, reverse=True) if folder.is_dir() else []
+    for checkpoint in found:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return str(checkpoint)
+        except (OSError, ValueError):
+            shutil.rmtree(checkpoint, ignore_errors=True)  # half written: nothing to resume from
+    return None
 
 
 def check_finite(bridge: "Bridge", run: Run) -> None:
@@ -103,6 +115,7 @@ def finish(run: Run, emit, bridge: "Bridge", status: str, error: str | None = No
                         "dev_examples": bridge.dev})
     if bridge.world.main:
         run.set_status(status, metrics=metrics, error=error, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        run.settle(completed=status == "completed")
     emit.on_end(events.End(status=status, elapsed=elapsed, steps=bridge.step, metrics=metrics, error=error, run=run))
 
 

@@ -21,7 +21,7 @@ from ..hf import quiet, set_seed
 from ..jobfiles import write_job
 from ..memory import estimate_training
 from ..methods import BuildContext, method_for
-from ..models import load_model, model_config, pick_device, quantization_config
+from ..models import load_model, load_tokenizer, model_config, pick_device, quantization_config
 from ..runs import Run, free_name, runs_dir
 from ..session import get_prompt, remember_run
 from .callbacks import Bridge, SoftInterrupt, Terminated, check_finite, finish, last_checkpoint
@@ -61,24 +61,37 @@ def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str
     if spec.check is not None:
         spec.check(model_cfg, method_options)  # an unfit method fails before any weights load
     quantization_config(spec.quantize, "cpu")  # 4-bit without bitsandbytes fails here, not after loading
+    batches = Batches.of(tasks, load_tokenizer(cfg.model), cfg)  # lengths are checked before weights load too
     if export is not None:
         return write_job(export, cfg.to_dict(), [t.prompt for t in tasks], datas, namespace)
     world = distributed.world()
     check_world(world, cfg, sum(len(t.train) for t in tasks))
+    cfg.name = cfg.name or free_name(f"{'+'.join(names)}-{cfg.method}")
+    Run.check_create(cfg.name, overwrite=overwrite, resume=resume)  # every process: they fail alike
+    emit = events.Emitter(list(callbacks) if world.main else [])  # one process reports
+    done = Run(runs_dir() / cfg.name)
+    if resume and done.status == "completed":
+        emit.on_note(f"run {cfg.name!r} is complete: there is nothing to resume (a new --name trains a new run, "
+                     "--overwrite replaces it)")
+        return remember_run(done)
     device = process_device(world)
     distributed.start(device)
-    run = open_run(cfg, names, tasks, world, overwrite=overwrite, resume=resume)
-    emit = events.Emitter(list(callbacks) if world.main else [])  # one process reports
     loaded = load_model(cfg.model, quantize=spec.quantize, device=device, fresh=True)
-    batches = Batches.of(tasks, loaded.tokenizer, cfg)
     # peft asks the model for the old name of a transformers 5 property; harmless, and not the user's to fix
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     set_seed(cfg.seed)  # the adapter's initial weights come from this seed
-    context = BuildContext(tokenizer=loaded.tokenizer, prompt=tasks[0].prompt, model_path=model_path)
-    model = spec.build(loaded.model, method_options, context)
+    model = spec.build(loaded.model, method_options,
+                       BuildContext(tokenizer=loaded.tokenizer, prompt=tasks[0].prompt, model_path=model_path))
     trainable, total = count_parameters(model)
     memory = estimate(model_cfg, spec, cfg, loaded, trainable, batches.examples)
-    trainer = build_trainer(model, loaded, batches.examples, cfg, run, spec, batches.dev_eval, batches.task_losses)
+    run = open_run(cfg, tasks, world, overwrite=overwrite, resume=resume)
+    try:
+        trainer = build_trainer(model, loaded, batches.examples, cfg, run, spec, batches.dev_eval,
+                                batches.task_losses)
+    except BaseException:
+        if world.main and not resume:
+            run.discard()  # a run that never trained takes no name and replaces nothing
+        raise
     bridge = Bridge(emit, run, cfg, examples=len(batches.examples), truncated=batches.truncated,
                     trainable=trainable, total=total, memory=memory, dev_eval=batches.dev_eval, world=world)
     trainer.add_callback(bridge)
@@ -108,15 +121,18 @@ class Batches:
             if task.dev:
                 dev_examples, _ = examples(task.prompt, task.dev, tokenizer, cfg, pool=task.train)
                 evaluators[task.name] = DevEvaluator(task.prompt, task.dev, dev_examples, task.train, tokenizer)
+        cut_whole = [e for e in found if e["labels"] and e["labels"][0] != -100]
+        if cut_whole:  # the answer alone fills max_length: the model would learn it without the prompt
+            raise ConfigError("max_length", f"is {cfg.max_length} tokens, which the answers alone fill: the prompt "
+                              f"is cut away from {len(cut_whole)} of {len(found)} examples; the longest example needs "
+                              f"{max(len(e['input_ids']) for e in found)}; raise --max-length")
         dev_eval = (TasksEvaluator(evaluators) if multi else evaluators[tasks[0].name]) if evaluators else None
         task_losses = TaskLosses([t.name for t in tasks], [t.weight for t in tasks]) if multi else None
         return cls(found, truncated, dev_eval, task_losses)
 
 
-def open_run(cfg: TuneConfig, names: list[str], tasks: list[Task], world, *, overwrite: bool, resume: bool) -> Run:
+def open_run(cfg: TuneConfig, tasks: list[Task], world, *, overwrite: bool, resume: bool) -> Run:
     """The run directory, made (or reopened to resume) by the first process; the others wait for it."""
-    cfg.name = cfg.name or free_name(f"{'+'.join(names)}-{cfg.method}")
-    Run.check_create(cfg.name, overwrite=overwrite, resume=resume)  # every process: they fail alike
     distributed.barrier(world)
     if world.main:
         run = Run.create(cfg.name, overwrite=overwrite, resume=resume)
@@ -131,6 +147,8 @@ def train(trainer, bridge: Bridge, run: Run, model, loaded, spec, cfg: TuneConfi
     if resume and checkpoint is None:
         bridge.emit.on_note(f"run {run.name!r} has no checkpoint yet: it starts from the beginning")
     world = bridge.world
+    if resume and world.main:  # the steps after the checkpoint are trained again: log them once
+        run.truncate_logs(int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else 0)
     if world.main:
         run.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), error=None)
     try:

@@ -91,13 +91,15 @@ def tune_embedding(prompt, data, settings: Mapping[str, Any], options: Mapping[s
     hard = sum(1 for *_, n in examples if n)
     default = Path(f"{str(data).replace('sample:', '') if isinstance(data, str) else 'data'}-embedding-"
                    f"{cfg.method}").name
-    task = Task("embedding", None, cfg.data, 1.0, splits, list(splits["train"]), [])
-    run = _new_run(cfg, default, overwrite, task, hard_negatives=hard)
+    if cfg.name:  # a given name must be free (or replaced) before anything loads; a default one is numbered
+        Run.check_create(cfg.name, overwrite=overwrite)
     set_seed(cfg.seed)  # before the LoRA weights are initialised: same seed, same run
     student = sentence_transformer(str(source_of(cfg.model)), device, cfg.pooling)
     student.max_seq_length = cfg.max_length
     student[0].model = spec.build(student[0].model, method_options,
                                   BuildContext(family="encoder", task_type=None, default_targets=BERT_TARGETS))
+    task = Task("embedding", None, cfg.data, 1.0, splits, list(splits["train"]), [])
+    run = _new_run(cfg, default, overwrite, task, hard_negatives=hard)  # once the model is ready to train
     return Loop(run, student, examples, _contrastive_loss(student, cfg.scale), cfg,
                 save=lambda r: _save_encoder(r, student, spec.kind), batches=_hard_first(examples, cfg),
                 callbacks=callbacks, facts={"hard_negatives": hard})()
@@ -185,14 +187,16 @@ def tune_classifier(prompt, data, settings: Mapping[str, Any], options: Mapping[
                         f"prompt {prompt.name!r}: {', '.join(prompt.choices)}")
     device = pick_device("auto")
     cfg.labels = list(prompt.choices)
-    run = _new_run(cfg, f"{prompt.name}-{Path(cfg.model).name}-classifier", overwrite,
-                   Task(prompt.name, prompt, cfg.data, 1.0, splits, train, []))
+    default = f"{prompt.name}-{Path(cfg.model).name}-classifier"
+    if cfg.name:  # a given name must be free (or replaced) before anything loads; a default one is numbered
+        Run.check_create(cfg.name, overwrite=overwrite)
     set_seed(cfg.seed)  # before the head and the LoRA weights are initialised: same seed, same run
     net = spec.build(classifier(source, prompt.choices).to(device), method_options,
                      BuildContext(family="encoder", task_type="SEQ_CLS", default_targets=BERT_TARGETS))
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source)
+    run = _new_run(cfg, default, overwrite, Task(prompt.name, prompt, cfg.data, 1.0, splits, train, []))
     examples = list(zip([prompt.render(row) for row in train], [prompt.choices.index(label) for label in labels]))
 
     def loss_of(batch):

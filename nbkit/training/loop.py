@@ -89,6 +89,7 @@ class Loop:
         finally:
             self.model.eval()
         self.run.set_status("completed", metrics=metrics, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.run.settle(completed=True)
         emit.on_end(events.End("completed", time.monotonic() - started, steps, metrics=metrics, run=self.run))
         return self.run
 
@@ -96,6 +97,7 @@ class Loop:
         steps = len(self.run.history)
         self.run.set_status(status, error=error, metrics={"steps": steps},
                             finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.run.settle(completed=False)
         emit.on_end(events.End(status, time.monotonic() - started, steps, error=error, run=self.run))
 
     def _train(self, emit) -> dict:

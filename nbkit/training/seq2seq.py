@@ -64,6 +64,8 @@ def tune_seq2seq(prompt, data, settings: Mapping[str, Any], options: Mapping[str
         raise ConfigError("prompt", f"{prompt.name!r} has shots or a system message; an encoder-decoder is tuned on "
                           "the rendered input alone")
     device = pick_device("auto")
+    if cfg.name:  # a given name must be free (or replaced) before anything loads; a default one is numbered
+        Run.check_create(cfg.name, overwrite=overwrite)
     set_seed(cfg.seed)  # before the LoRA weights are initialised: same seed, same run
     net, tokenizer = fresh_seq2seq(cfg.model, device)
     guess = getattr(method_options, "target_modules", None) == "all-linear"  # left to the architecture

@@ -9,28 +9,32 @@ shows accuracy next to what each cost: trainable parameters, seconds and memory.
 Nothing is reimplemented: prompts are scored by :func:`nbkit.evaluate`, the
 searched prompt comes from :func:`nbkit.search_prompts`, the tuned ones from
 :func:`nbkit.tune`, each then evaluated like any run.
+
+:mod:`.approaches` runs each approach, :mod:`.memory` measures its peak memory; this module
+checks the settings, runs the approaches in turn and builds the table.
 """
 
 from __future__ import annotations
 
-import gc
 import html
 import os
-import sys
 import time
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from . import events
-from .errors import ConfigError, TrainingInterrupted
-from .config import DEFAULT_MODEL
-from .prompts import Prompt
-from .session import get_prompt
-from .results import Report
+from .. import events
+from ..config import DEFAULT_MODEL
+from ..errors import ConfigError
+from ..prompts import Prompt
+from ..results import Report
+from ..session import get_prompt
+from .approaches import APPROACHES, SHOTS, STEPS, TUNED, Failed, Task, stops_everything
+from .memory import PeakMemory, release_freed_memory, reset_high_water_mark, status_kib
 
-APPROACHES = ("zero-shot", "few-shot", "searched", "prompt-tuning", "lora", "qlora")
-TUNED = ("prompt-tuning", "lora", "qlora")  # each is the tune method of the same name
-SHOTS = ("few-shot", "searched")  # the approaches that show examples in the prompt
+__all__ = [
+    "APPROACHES", "MEMORY", "SHOTS", "STEPS", "TUNED", "PeakMemory", "Task", "VersusReport", "prompt_vs_finetune",
+    "release_freed_memory", "reset_high_water_mark", "status_kib", "warm_up",
+]
+
 MEMORY = ("the process's peak resident memory (VmHWM) while the approach ran, in MiB: everything the process "
           "held, model weights included (also the session's cached base model)")
 
@@ -66,23 +70,6 @@ class VersusReport(Report):
     def _repr_html_(self):
         return (f"<div class='nbkit-versus'><p><b>prompt vs fine-tune</b>: {html.escape(self.setup())}</p>"
                 f"{super()._repr_html_()}</div>")
-
-
-@dataclass
-class _Task:
-    """What every approach shares."""
-
-    prompt: Prompt  # resolved, without shots: the zero-shot prompt, and what the tuned runs train on
-    data: Any
-    model: str
-    shots: int
-    epochs: float
-    max_steps: int | None
-    limit: int | None
-    dev: float | int | str
-    seed: int
-    namespace: Mapping[str, Any] | None
-    callbacks: Sequence[events.Callback]
 
 
 def prompt_vs_finetune(
@@ -141,7 +128,7 @@ def prompt_vs_finetune(
         ConfigError: before any model loads, for unknown or repeated approaches, a prompt
             without choices, ``shots`` below 1 with few-shot or searched, and bad settings.
     """
-    from .data import load_data
+    from ..data import load_data
 
     approaches = _check_approaches(approaches)
     base = get_prompt(prompt)
@@ -151,11 +138,17 @@ def prompt_vs_finetune(
     base = Prompt.from_dict({**base.resolve_target(columns).to_dict(), "shots": 0})
     base.check(columns)
     _check_rows(splits, approaches, shots, dev, seed)
-    task = _Task(base, data, model, shots, epochs, max_steps, limit, dev, seed, namespace,
-                 list(callbacks) if callbacks is not None else [events.PlainProgress()])
+    task = Task(base, data, model, shots, epochs, max_steps, limit, dev, seed, namespace,
+                list(callbacks) if callbacks is not None else [events.PlainProgress()])
     emit = events.Emitter(task.callbacks)
-    meter = _PeakMemory(_warm_up(model, approaches))
+    meter = PeakMemory(warm_up(model, approaches))
 
+    rows, predictions, errors, seconds, facts = _run_all(task, approaches, emit, meter)
+    return _report(task, approaches, splits, rows, predictions, errors, seconds, facts, meter)
+
+
+def _run_all(task: Task, approaches, emit, meter) -> tuple[dict, dict, dict, dict, dict]:
+    """Each approach in turn: ``(rows, predictions, errors, seconds, facts)`` by approach."""
     rows, predictions, errors, seconds, facts = {}, {}, {}, {}, {}
     for k, approach in enumerate(approaches):
         emit.on_note(f"prompt vs fine-tune: {approach} ({k + 1} of {len(approaches)})")
@@ -164,9 +157,9 @@ def prompt_vs_finetune(
         try:
             report, row, facts[approach] = STEPS[approach](task, approach)
         except Exception as e:  # keep the approaches that worked; report this one
-            if _stops_everything(e):
+            if stops_everything(e):
                 raise
-            errors[approach] = str(e) if isinstance(e, _Failed) else f"{type(e).__name__}: {e}"
+            errors[approach] = str(e) if isinstance(e, Failed) else f"{type(e).__name__}: {e}"
             emit.on_note(f"{approach} failed: {errors[approach]}")
             continue
         label = report.frame.index[0]
@@ -176,7 +169,7 @@ def prompt_vs_finetune(
         predictions[approach] = report.predictions[label]
         seconds[approach] = round(time.monotonic() - started, 2)
         emit.on_note(f"{approach}: accuracy {measured['accuracy']:.3f} ({seconds[approach]:.0f}s)")
-    return _report(task, approaches, splits, rows, predictions, errors, seconds, facts, meter)
+    return rows, predictions, errors, seconds, facts
 
 
 def _check_approaches(approaches) -> list[str]:
@@ -193,7 +186,8 @@ def _check_approaches(approaches) -> list[str]:
 
 
 def _check_settings(prompt: Prompt, approaches, shots, limit, model, epochs, max_steps, seed) -> None:
-    from .config import TuneConfig
+    from ..config import TuneConfig
+    from ..models import family_of
 
     if not prompt.choices:
         raise ConfigError("prompt", f"{prompt.name!r} has no choices; the comparison scores classification "
@@ -202,7 +196,7 @@ def _check_settings(prompt: Prompt, approaches, shots, limit, model, epochs, max
         raise ConfigError("shots", f"must be a positive integer for {' and '.join(SHOTS)}, got {shots!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
         raise ConfigError("limit", f"must be a positive integer, got {limit!r}")
-    if isinstance(model, str) and model.startswith("openai:"):
+    if family_of(model) == "api":
         raise ConfigError("model", "must be a local model: tuning needs its weights and the table its memory")
     if set(TUNED) & set(approaches):  # the training settings fail here, not after the prompts have run
         TuneConfig(prompt=prompt.name, data="-", model=model, epochs=epochs, max_steps=max_steps, seed=seed)
@@ -210,7 +204,7 @@ def _check_settings(prompt: Prompt, approaches, shots, limit, model, epochs, max
 
 def _check_rows(splits, approaches, shots, dev, seed) -> None:
     """The search's dev rows and the shots fit the train split."""
-    from .data import hold_out
+    from ..data import hold_out
 
     train = list(splits["train"])
     pool = train
@@ -227,157 +221,16 @@ def _check_rows(splits, approaches, shots, dev, seed) -> None:
         raise ConfigError("shots", f"is {shots} but only {len(pool)} training rows are there to draw them from")
 
 
-def _warm_up(model: str, approaches) -> str:
+def warm_up(model: str, approaches) -> str:
     """Load the session's base model before the first measurement, so each row starts alike; the device."""
-    from .models import load_model, pick_device
+    from ..models import load_model, pick_device
 
     if set(approaches) - {"qlora"}:  # every other approach scores on the full-precision base
         load_model(model)
     return pick_device()
 
 
-def _stops_everything(error: Exception) -> bool:
-    """A Ctrl-C or a SIGTERM while training stops the comparison, not just the approach."""
-    training = sys.modules.get(f"{__package__}.training")  # no tune ran if it was never imported
-    terminated = training is not None and isinstance(error.__cause__, training.Terminated)
-    return terminated or isinstance(error, TrainingInterrupted)
-
-
-class _Failed(Exception):
-    """An evaluation that recorded its target's error instead of raising it."""
-
-
-def _scored(report) -> Report:
-    if report.info.get("errors") and report.frame.empty:
-        raise _Failed(next(iter(report.info["errors"].values())))
-    return report
-
-
-def _evaluate(task: _Task, prompt: Prompt | None = None, run=None) -> Report:
-    from .evaluation import evaluate
-
-    if run is not None:
-        return _scored(evaluate(run=run, data=task.data, limit=task.limit, namespace=task.namespace))
-    return _scored(evaluate(prompt, data=task.data, model=task.model, limit=task.limit, namespace=task.namespace))
-
-
-def _prompted(search_seconds: float = 0.0) -> dict:
-    """The costs of a prompt: no weights trained."""
-    return {"trainable_parameters": 0, "train_seconds": 0.0, "search_seconds": search_seconds}
-
-
-def _zero_shot(task: _Task, approach: str):
-    return _evaluate(task, task.prompt), _prompted(), {"prompt": task.prompt.name}
-
-
-def _few_shot(task: _Task, approach: str):
-    p = Prompt.from_dict({**task.prompt.to_dict(), "name": f"{task.prompt.name}-{task.shots}-shot",
-                          "shots": task.shots, "selection": "balanced"})
-    return _evaluate(task, p), _prompted(), {"prompt": p.name}
-
-
-def _searched(task: _Task, approach: str):
-    from .search import search_prompts
-
-    # paraphrases are left out: each costs generations and doubles the candidates
-    search = search_prompts(task.prompt, task.data, shots=[0, task.shots], selection=["random", "balanced", "nearest"],
-                            dev=task.dev, model=task.model, seed=task.seed, name=f"{task.prompt.name}-searched",
-                            strategy="grid", namespace=task.namespace)
-    best = search.frame.iloc[0]
-    found = {"candidates": len(search.frame), "dev_rows": search.info["rows"], "registered": search.best.name,
-             "best": f"{best['shots']} shots" + (f", {best['selection']}" if best["shots"] else "")}
-    report = _evaluate(task, search.best)
-    return report, _prompted(search.info["seconds"]["search"]), {"prompt": search.best.name, "search": found}
-
-
-def _tuned(task: _Task, approach: str):
-    from .training import tune
-
-    # no name: tune picks <prompt>-<method>, numbered when taken, so earlier runs are never replaced
-    run = tune(task.prompt, task.data, model=task.model, method=approach, epochs=task.epochs,
-               max_steps=task.max_steps, seed=task.seed, namespace=task.namespace, callbacks=task.callbacks)
-    metrics = run.metrics
-    row = {"trainable_parameters": int(metrics["trainable_parameters"]),
-           "train_seconds": float(metrics["train_seconds"]), "search_seconds": 0.0}
-    return _evaluate(task, run=run), row, {"run": run.name}
-
-
-STEPS = {"zero-shot": _zero_shot, "few-shot": _few_shot, "searched": _searched,
-         **{method: _tuned for method in TUNED}}
-
-
-class _PeakMemory:
-    """Peak memory of one stretch of work in this process: resident (Linux) and, on CUDA, allocated."""
-
-    def __init__(self, device: str):
-        self.cuda = device.startswith("cuda")
-        _release_freed_memory()
-        self.resettable = _reset_high_water_mark()
-        rss = _status_kib("VmRSS")
-        self.baseline = round(rss / 1024) if rss is not None and self.resettable else None  # MiB before any approach
-
-    def reset(self) -> None:
-        _release_freed_memory()
-        self.resettable = _reset_high_water_mark()
-        if self.cuda:
-            import torch
-
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-
-    def read(self) -> dict:
-        peak = _status_kib("VmHWM") if self.resettable else None
-        out = {"peak_memory_mb": round(peak / 1024) if peak is not None else None}
-        if self.cuda:
-            import torch
-
-            out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20)
-        return out
-
-
-def _release_freed_memory() -> None:
-    """Free what the previous approach left and hand it back to the system, so each mark starts from live memory.
-
-    Its training model and trainer live in reference cycles; and glibc keeps freed heap memory
-    in the process (resident) until asked to trim it.
-    """
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim, or no way to ask
-        pass
-
-
-def _status_kib(field: str) -> int | None:
-    """A ``kB`` field of ``/proc/self/status`` (Linux), or None."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _reset_high_water_mark() -> bool:
-    """Reset the process's peak RSS to its current RSS (``man proc``: clear_refs 5); whether it worked.
-
-    Some kernels and sandboxes accept the write and ignore it: the mark must come down to the
-    resident size, or the peak would belong to an earlier approach.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    peak, rss = _status_kib("VmHWM"), _status_kib("VmRSS")
-    return peak is not None and rss is not None and peak - rss <= 8 * 1024
-
-
-def _report(task: _Task, approaches, splits, rows, predictions, errors, seconds, facts, meter) -> VersusReport:
+def _report(task: Task, approaches, splits, rows, predictions, errors, seconds, facts, meter) -> VersusReport:
     import pandas as pd
 
     table = pd.DataFrame.from_dict(rows, orient="index")

@@ -6,19 +6,30 @@ candidate set: ``{"positive": "great", "negative": "awful"}``), numbers of shots
 the shots are chosen (``random``, ``balanced``). Each is scored on held-out dev rows,
 never on the test split, with the base model loaded once; the winner is registered
 under a name so ``%evaluate --prompt NAME`` measures it on the test split.
+
+:mod:`.candidates` builds the candidates, :mod:`.reinforce` is the ``rl`` strategy's policy
+and :mod:`.autoprompt` the ``gradient`` strategy's trigger search; this module scores and
+ranks them.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import re
+import random
 import time
 from typing import Any, Mapping, Sequence
 
-from .errors import ConfigError
-from .prompts import SELECTIONS, Prompt
-from .session import get_prompt, register_prompt
+from ..config import DEFAULT_MODEL
+from ..errors import ConfigError
+from ..models import family_of
+from ..prompts import SELECTIONS, Prompt
+from ..session import get_prompt, register_prompt
+from .hotflip import autoprompt
+from .candidates import check_words, describe, grid, instruction_of, paraphrase, templates_of, variant, words_text
+from .policy import reinforce
+
+__all__ = ["STRATEGIES", "autoprompt", "instruction_of", "paraphrase", "reinforce", "search_prompts", "variant"]
+
+STRATEGIES = ("grid", "rl", "gradient")
 
 
 def search_prompts(
@@ -66,22 +77,42 @@ def search_prompts(
             dev mini-batches, then scores its three most rewarded and the starting prompt on all dev
             rows; ``gradient`` appends ``triggers`` tokens to the first prompt's instruction and
             improves them for ``steps`` HotFlip steps on the training rows (AutoPrompt), then scores
-            the starting and the found prompt. See :mod:`nbkit.optimize`.
+            the starting and the found prompt. See :mod:`nbkit.search.policy` and
+            :mod:`nbkit.search.hotflip`.
 
     Returns:
         A Report whose ``frame`` has one row per candidate, best first; ``report.best`` is the
         winning :class:`Prompt` and ``report.candidates`` every candidate prompt by row label.
     """
-    import pandas as pd
-
-    from .data import load_data
-    from .evaluation import metrics_for
-    from .predict.decoder import predict_decoder
-    from .metrics import compute_metrics
-    from .models import DEFAULT_MODEL, load_model
-    from .results import Report
+    from ..models import load_model
 
     bases = [get_prompt(p) for p in (prompt if isinstance(prompt, (list, tuple)) else [prompt])]
+    shots, selection = _check_settings(bases, words, shots, selection, paraphrases, strategy, model)
+    bases, dev_rows, pool = _rows(bases, data, namespace, dev, seed)
+    verbalizers = [None] + [check_words(w, bases[0], dev_rows + pool) for w in (words or [])]
+    rank_by = metric or ("accuracy" if bases[0].choices else "token_f1")
+
+    loaded = load_model(model or DEFAULT_MODEL)
+    started = time.monotonic()
+    templates = templates_of(bases, loaded, paraphrases, seed)
+    candidates, described = grid(templates, verbalizers, shots, selection)
+    score = _scorer(loaded, pool, rank_by, scoring, batch_size)
+    extra: dict = {}
+    if strategy == "rl":
+        candidates, described, extra = _reinforce(templates, verbalizers, shots, selection, score, dev_rows,
+                                                  budget, batch_size, seed)
+    elif strategy == "gradient":
+        candidates, described, extra = _gradient(bases[0], loaded, pool, triggers, steps, seed)
+    info = {"data": data if isinstance(data, str) else f"<{type(data).__name__}>", "split": "dev",
+            "rows": len(dev_rows), "metrics": [rank_by], "ranked_by": rank_by, "errors": {},
+            "seconds": None, "best": None, "registered": None,  # filled in once every candidate is scored
+            "scoring": f"label log-likelihood ({scoring})" if bases[0].choices else "greedy generation",
+            "templates": {label: candidates[label].template for label in candidates}, "strategy": strategy, **extra}
+    return _ranked(candidates, described, score, dev_rows, name or f"{bases[0].name}-best", started, info)
+
+
+def _check_settings(bases, words, shots, selection, paraphrases, strategy, model) -> tuple[list, list]:
+    """Refuse bad settings before any data or model loads; ``shots`` and ``selection`` as lists."""
     if not bases:
         raise ConfigError("prompt", "needs at least one prompt to start from")
     shots, selection = list(shots), list(selection)
@@ -98,50 +129,35 @@ def search_prompts(
     if strategy == "gradient" and (len(bases) > 1 or words or paraphrases or list(shots) != [0]):
         raise ConfigError("strategy", "gradient search improves one prompt's trigger tokens; give one --prompt "
                           "and no --words, --shots or --paraphrases (search those with grid or rl)")
-
-    if isinstance(model, str) and model.startswith("openai:"):
+    if family_of(model or DEFAULT_MODEL) == "api":
         raise ConfigError("model", "prompt search scores candidates with a local model's label log-likelihoods; "
                           "search locally, then %evaluate the winner on the API model")
-    splits = load_data(data, namespace)
-    dev_rows, pool = _dev_split(splits, dev, seed)
-    columns = splits["train"].column_names
-    bases = [b.resolve_target(columns) for b in bases]
-    for b in bases:
-        b.check(columns)
-    verbalizers = [None] + [_check_words(w, bases[0], dev_rows + pool) for w in (words or [])]
-    rank_by = metric or ("accuracy" if bases[0].choices else "token_f1")
+    return shots, selection
 
-    loaded = load_model(model or DEFAULT_MODEL)
-    started = time.monotonic()
-    templates = [(b, "as written") for b in bases]
-    for b in bases:
-        for k, text in enumerate(paraphrase(b, loaded, paraphrases, seed=seed)):
-            templates.append((_with_instruction(b, text), f"paraphrase {k + 1}"))
 
-    candidates: dict[str, Prompt] = {}
-    described: dict[str, dict] = {}
-    for (template, origin), verbalizer, k, how in itertools.product(templates, verbalizers, shots, selection):
-        if k == 0 and how != selection[0]:
-            continue  # without shots the selection changes nothing
-        p = _variant(template, verbalizer, k, how)
-        label = f"c{len(candidates) + 1:02d}"
-        candidates[label] = p
-        described[label] = {"prompt": template.name, "template": origin, "words": _words_text(p, verbalizer),
-                            "shots": k, "selection": how if k else "-"}
+def _scorer(loaded, pool, rank_by: str, scoring: str, batch_size: int):
+    """``score(prompt, rows) -> (metrics, predictions)`` on the base model, shots drawn from ``pool``."""
+    from ..evaluation import metrics_for
+    from ..metrics import compute_metrics
+    from ..predict.decoder import predict_decoder
 
     def score(p: Prompt, rows) -> tuple[dict, Any]:
         names = metrics_for(p, [rank_by] + (["accuracy"] if p.choices and rank_by != "accuracy" else []))
         with loaded.adapter(None) as lm:  # the base model, whatever adapter the session swapped on
             frame = predict_decoder(lm, loaded.tokenizer, p, rows, pool, scoring, batch_size,
-                             perplexity="perplexity" in names)
+                                    perplexity="perplexity" in names)
         return compute_metrics(frame, names, p.choices), frame
 
-    extra: dict = {}
-    if strategy == "rl":
-        candidates, described, extra = _reinforce(templates, verbalizers, shots, selection, score, dev_rows,
-                                                  budget, batch_size, seed)
-    elif strategy == "gradient":
-        candidates, described, extra = _gradient(bases[0], loaded, pool, triggers, steps, seed)
+    return score
+
+
+def _ranked(candidates: dict, described: dict, score, dev_rows, name: str, started: float, info: dict):
+    """Score every candidate on all dev rows, best first; register the winner as ``name``."""
+    import pandas as pd
+
+    from ..results import Report
+
+    rank_by = info["ranked_by"]
     results, predictions = {}, {}
     for label, p in candidates.items():
         values, frame = score(p, dev_rows)
@@ -152,36 +168,23 @@ def search_prompts(
     ascending = rank_by == "perplexity"
     table = table.sort_values(rank_by, ascending=ascending, kind="stable")
     best_label = table.index[0]
-    best = Prompt.from_dict({**candidates[best_label].to_dict(), "name": name or f"{bases[0].name}-best"})
+    best = Prompt.from_dict({**candidates[best_label].to_dict(), "name": name})
     register_prompt(best)
-    info = {
-        "data": data if isinstance(data, str) else f"<{type(data).__name__}>", "split": "dev",
-        "rows": len(dev_rows), "metrics": [rank_by], "ranked_by": rank_by, "errors": {},
-        "seconds": {"search": round(time.monotonic() - started, 2)}, "best": best_label, "registered": best.name,
-        "scoring": f"label log-likelihood ({scoring})" if bases[0].choices else "greedy generation",
-        "templates": {label: candidates[label].template for label in candidates}, "strategy": strategy, **extra,
-    }
+    info = {**info, "seconds": {"search": round(time.monotonic() - started, 2)}, "best": best_label,
+            "registered": best.name}
     report = Report(table, {k: predictions[k] for k in table.index}, info)
     report.best, report.candidates = best, candidates
     return report
 
 
-STRATEGIES = ("grid", "rl", "gradient")
-
-
 def _reinforce(templates, verbalizers, shots, selection, score, dev_rows, budget, batch, seed):
     """Candidates of the rl strategy: the starting prompt and the policy's three most rewarded."""
-    import random
-
-    from .optimize import reinforce
-
     space = [templates, verbalizers, list(shots), list(selection)]
 
     def make(pick):
         (template, origin), verbalizer, k, how = (space[d][i] for d, i in enumerate(pick))
-        p = _variant(template, verbalizer, k, how if k else selection[0])
-        return p, {"prompt": template.name, "template": origin, "words": _words_text(p, verbalizer), "shots": k,
-                   "selection": how if k else "-"}
+        p = variant(template, verbalizer, k, how if k else selection[0])
+        return p, describe(template, origin, p, verbalizer, k, how)
 
     def reward(pick, draw):
         rows = random.Random(seed * 1000 + draw).sample(dev_rows, min(batch, len(dev_rows)))
@@ -206,17 +209,29 @@ def _reinforce(templates, verbalizers, shots, selection, score, dev_rows, budget
 
 def _gradient(base: Prompt, loaded, pool, triggers, steps, seed):
     """Candidates of the gradient strategy: the starting prompt and the one with trigger tokens."""
-    from .optimize import autoprompt
-
     found, history = autoprompt(base, loaded, pool, triggers=triggers, steps=steps, seed=seed)
-    facts = {"prompt": base.name, "words": _words_text(base, None), "shots": base.shots, "selection": "-"}
+    facts = {"prompt": base.name, "words": words_text(base, None), "shots": base.shots, "selection": "-"}
     return ({"start": base, "gradient": found},
             {"start": {**facts, "template": "as written"},
              "gradient": {**facts, "template": f"+ triggers '{history[-1]['triggers'].strip()}'"}},
             {"history": history})
 
 
+def _rows(bases: list[Prompt], data, namespace, dev, seed: int) -> tuple[list[Prompt], list, list]:
+    """``(the prompts, checked against the data's columns, dev rows, the rest of train)``."""
+    from ..data import load_data
+
+    splits = load_data(data, namespace)
+    dev_rows, pool = _dev_split(splits, dev, seed)
+    columns = splits["train"].column_names
+    bases = [b.resolve_target(columns) for b in bases]
+    for b in bases:
+        b.check(columns)
+    return bases, dev_rows, pool
+
+
 def _dev_split(splits, dev, seed: int) -> tuple[list, list]:
+    """``(dev rows, the rest of train)``: a named split, or a fraction / count held out of train."""
     rows = list(splits["train"])
     if isinstance(dev, str):
         if dev not in splits or dev == "test":
@@ -225,88 +240,7 @@ def _dev_split(splits, dev, seed: int) -> tuple[list, list]:
         return list(splits[dev]), rows
     if isinstance(dev, bool) or not isinstance(dev, (int, float)) or dev <= 0:
         raise ConfigError("dev", f"must be a split name, a fraction in (0, 1) or a row count, got {dev!r}")
-    from .data import hold_out
+    from ..data import hold_out
 
     kept, held = hold_out(rows, dev, seed, "none would be left for shots")
     return held, kept
-
-
-def _check_words(words: Mapping[str, str], base: Prompt, rows) -> dict:
-    if not isinstance(words, Mapping) or not words:
-        raise ConfigError("words", f"each set maps labels to words, like {{'positive': 'great'}}; got {words!r}")
-    labels = {base.render_target(r) for r in rows}
-    missing = sorted(labels - set(words))
-    if missing:
-        raise ConfigError("words", f"{dict(words)!r} has no word for label(s) {', '.join(missing)}")
-    spoken = [str(w).strip() for w in words.values()]
-    if len(set(spoken)) != len(spoken) or not all(spoken):
-        raise ConfigError("words", f"{dict(words)!r} must give each label its own non-empty word")
-    return {str(k): str(v).strip() for k, v in words.items()}
-
-
-def _variant(template: Prompt, verbalizer: dict | None, shots: int, selection: str) -> Prompt:
-    fields = template.to_dict()
-    fields.update(shots=shots, selection=selection)
-    if verbalizer is not None:
-        # the target speaks the word; the mapping lives in the template, so the prompt stays self-contained
-        fields["target"] = "{{ " + json.dumps(verbalizer) + "[" + _target_expression(template) + "] }}"
-        fields["choices"] = list(verbalizer.values())
-    return Prompt.from_dict(fields)
-
-
-def _target_expression(p: Prompt) -> str:
-    """The Jinja expression of a ``{{ expr }}`` target (``label`` for the default)."""
-    found = re.fullmatch(r"\s*\{\{\s*(.+?)\s*\}\}\s*", p.target or "{{ label }}")
-    if not found:
-        raise ConfigError("words", f"needs a target that is one expression like '{{{{ label }}}}'; prompt "
-                          f"{p.name!r} has {p.target!r}")
-    return found.group(1)
-
-
-def _words_text(p: Prompt, verbalizer: dict | None) -> str:
-    if verbalizer is None:
-        return ", ".join(p.choices) if p.choices else "-"
-    return ", ".join(f"{k}→{v}" for k, v in verbalizer.items())
-
-
-def instruction_of(p: Prompt) -> str:
-    """The fixed instruction: the template's text before the line holding its first variable."""
-    head = p.template.split("{{", 1)[0] if "{{" in p.template else p.template
-    lines = head.split("\n")
-    return "\n".join(lines[:-1]).strip() if "{{" in p.template else head.strip()
-
-
-def _with_instruction(p: Prompt, instruction: str) -> Prompt:
-    old = instruction_of(p)
-    return Prompt.from_dict({**p.to_dict(), "template": p.template.replace(old, instruction, 1)})
-
-
-def paraphrase(p: Prompt, loaded, n: int, seed: int = 0) -> list[str]:
-    """Up to ``n`` distinct rewordings of ``p``'s instruction, sampled from the model (APE-style)."""
-    if n <= 0:
-        return []
-    instruction = instruction_of(p)
-    if not instruction:
-        return []
-    import torch
-
-    tok = loaded.tokenizer
-    request = ("Rewrite the following instruction in different words. Keep its meaning and any answer options. "
-               f"Reply with the rewritten instruction only.\n\nInstruction: {instruction}")
-    if getattr(tok, "chat_template", None):
-        text = tok.apply_chat_template([{"role": "user", "content": request}], tokenize=False, add_generation_prompt=True)
-    else:
-        text = request + "\nRewritten instruction:"
-    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(loaded.device)
-    torch.manual_seed(seed)
-    with torch.inference_mode(), loaded.adapter(None) as lm:  # the base model, not an adapter left on by %evaluate
-        out = lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                    temperature=0.9, top_p=0.95, max_new_tokens=60, num_return_sequences=3 * n,
-                                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    found: list[str] = []
-    for row in out[:, ids.shape[1]:]:
-        line = tok.decode(row, skip_special_tokens=True).strip().split("\n")[0].strip().strip('"')
-        line = re.sub(r"^(rewritten instruction|instruction)\s*:\s*", "", line, flags=re.I)
-        if len(line) > 10 and "{{" not in line and line != instruction and line not in found:
-            found.append(line)
-    return found[:n]
