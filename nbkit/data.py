@@ -174,8 +174,9 @@ def _dataset(rows, what: str):
     if bad is not None:
         raise DataError(f"{what}: record {bad} is {type(rows[bad]).__name__}, not an object with named fields")
     _check_column_types(rows, what)
+    columns = list(dict.fromkeys(k for r in rows for k in r))  # every row's fields; one may lack some
     try:
-        return datasets.Dataset.from_list(list(rows))
+        return datasets.Dataset.from_dict({c: [r.get(c) for r in rows] for c in columns})
     except (TypeError, ValueError, OverflowError) as e:  # pyarrow's errors are ValueError/TypeError subclasses
         raise DataError(f"{what}: the rows do not make a table: {type(e).__name__}: {e}") from None
 

@@ -6,29 +6,20 @@ import contextlib
 
 
 @contextlib.contextmanager
-def quiet():
-    """No per-tensor progress bars from transformers: loads take under a second."""
+def quiet(errors_only: bool = False):
+    """No per-tensor progress bars from transformers (loads take under a second); with ``errors_only`` its
+    log at error level only too (a new head's load report says "MISSING": expected, it is new)."""
     from transformers.utils import logging as hf_logging
 
-    enabled = hf_logging.is_progress_bar_enabled()
+    enabled, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    if errors_only:
+        hf_logging.set_verbosity_error()
     try:
         yield
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
-
-
-@contextlib.contextmanager
-def errors_only():
-    """transformers' own log at error level only (a new head's load report says "MISSING": expected)."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
         hf_logging.set_verbosity(level)
 
 

@@ -277,3 +277,14 @@ def test_labels_chosen_by_text_say_whether_the_server_sent_log_probabilities():
     assert "returned log-probabilities, but none" in how
     _, how, _ = predict(Server(None), prompt, rows, [])
     assert "returned no log-probabilities" in how
+
+
+def test_a_huge_job_file_is_refused_before_it_is_parsed(tmp_path):
+    from nbkit.jobfiles import read_job
+
+    job = tmp_path / "job.yaml"
+    job.write_text("prompt: p\ndata: sample:intent\n" + "".join(f"key{i}: {i}\n" for i in range(700_000)))
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="bytes"):
+        read_job(job)
+    assert time.monotonic() - started < 2

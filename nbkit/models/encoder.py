@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, MissingDependencyError
-from ..hf import errors_only, quiet
+from ..hf import quiet
 from ..session import current, get_run
 from .decoder import resolve
 from .embedded import ENCODERS, encoder_path
@@ -166,7 +166,7 @@ def classifier(source, choices: Sequence[str]):
     """An encoder with a fresh sequence-classification head, one output per choice."""
     from transformers import AutoModelForSequenceClassification
 
-    with errors_only(), quiet():  # its load report says the new head is "MISSING": expected, it is new
+    with quiet(errors_only=True):  # its load report says the new head is "MISSING": expected, it is new
         return AutoModelForSequenceClassification.from_pretrained(
             source, num_labels=len(choices), id2label=dict(enumerate(choices)),
             label2id={c: i for i, c in enumerate(choices)})
