@@ -19,7 +19,7 @@ from .. import events
 from ..errors import ConfigError, TrainingFailed, TrainingInterrupted
 from ..hf import quiet
 from ..runs import Run
-from .callbacks import final_loss, peak_memory_mb
+from .callbacks import final_loss
 
 
 def shuffled_batches(items: list, batch_size: int, seed: int) -> list[list]:
@@ -139,5 +139,5 @@ class Loop:
             epoch += 1
         return {"steps": step, "train_loss": final_loss(losses), "first_loss": losses[0],
                 "train_seconds": round(time.monotonic() - started, 2), "trainable_parameters": trainable,
-                "total_parameters": total, "examples": len(self.examples), "peak_memory_mb": peak_memory_mb(),
+                "total_parameters": total, "examples": len(self.examples),
                 **self.facts}
