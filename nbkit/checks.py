@@ -30,24 +30,6 @@ def positive_number(name: str, value, kind=(int, float)) -> None:
         raise ConfigError(name, f"must be a positive number, got {value!r}")
 
 
-def finite_positive(name: str, value) -> None:
-    """``value`` must be a positive, finite number."""
-    if not is_number(value) or not value > 0 or not math.isfinite(value):
-        raise ConfigError(name, f"must be positive numbers, got {value!r}")
-
-
-def fraction(name: str, value) -> None:
-    """``value`` must lie in ``[0, 1)``."""
-    if not is_number(value) or not 0 <= value < 1:
-        raise ConfigError(name, f"must be a fraction in [0, 1), got {value!r}")
-
-
-def one_of(name: str, value, allowed) -> None:
-    """``value`` must be one of ``allowed``."""
-    if value not in allowed:
-        raise ConfigError(name, f"must be {', '.join(map(str, allowed[:-1]))} or {allowed[-1]}, got {value!r}")
-
-
 def finite(name: str, value) -> None:
     """``value`` must be a finite number (not ``nan`` or ``inf``)."""
     if is_number(value) and not math.isfinite(value):
