@@ -128,6 +128,10 @@ class TuneWidget(Callback):
         loss = e.metrics.get("train_loss")
         loss = f" · final loss {loss:.4f}" if isinstance(loss, float) else ""
         error = f" · {html.escape(e.error)}" if e.error else ""
+        warning = e.metrics.get("warning")
+        if warning:  # completed, but learned nothing: said where the user looks, not only in metrics.json
+            self.bar.bar_style = "warning"
+            error += f" · <b>warning</b>: {html.escape(warning)}"
         self.status.value = f"<b>{e.status}</b> after {e.steps} steps in {fmt_seconds(e.elapsed)}{loss}{error}"
         if self._display is not None and len(self.losses) > 1:
             self._display(self.static_image(e), raw=True)
@@ -136,7 +140,8 @@ class TuneWidget(Callback):
         """The final loss curve as a display bundle: a PNG and a line of text (what nbval compares)."""
         loss = e.metrics.get("train_loss")
         text = f"{self.name}: loss over {len(self.losses)} steps" + (
-            f", final loss {loss:.4f}" if isinstance(loss, float) else "")
+            f", final loss {loss:.4f}" if isinstance(loss, float) else "") + (
+            f"; warning: {e.metrics['warning']}" if e.metrics.get("warning") else "")
         png = loss_curve_png(self.losses, self.dev_values, self.metric, title=f"{self.name} ({e.status})")
         return {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": text}
 

@@ -36,13 +36,16 @@ class TuneConfig:
     data: str | list = field(metadata=_help("data spec whose train split is used; a list, one per prompt"))
     model: str | None = field(default=None, metadata=_help(
         "base model spec (default smollm2-135m; minilm-l6 with --task classification/embedding)"))
-    method: str = field(default="lora", metadata=_help(
-        "lora, qlora, dora, ia3, prompt-tuning, p-tuning, prefix-tuning or full (see %nbkit methods)"))
+    method: str | None = field(default=None, metadata=_help(
+        "lora, qlora, dora, ia3, prompt-tuning, p-tuning, prefix-tuning, full or setfit (see %nbkit methods; "
+        "default lora, setfit with --task classification)"))
     task: str = field(default="generation", metadata=_help(
         "generation (a decoder learns the target text); classification (an encoder with a head on the "
         "prompt's choices); embedding (an encoder, contrastive, on query/positive pairs)"))
-    # 3 passes fit ~200 examples: fewer leave accuracy on the table, more overfit the small samples
-    epochs: float = field(default=3, metadata=_help("passes over the training split (default 3)"))
+    # 3 passes fit ~200 examples: fewer leave accuracy on the table, more overfit the small samples; SetFit's
+    # pairs already hold every row 2 x iterations times, so one pass over them is its paper's and package's default
+    epochs: float | None = field(default=None, metadata=_help(
+        "passes over the training split (default 3; setfit: 1 over its pairs)"))
     max_steps: int | None = field(default=None, metadata=_help("stop after this many steps (overrides epochs)"))
     lr: float | None = field(default=None, metadata=_help("learning rate (default: the method's)"))
     # 8 keeps a CPU step of the embedded model around a second
@@ -72,6 +75,9 @@ class TuneConfig:
         "the model family, decided from the model: decoder, encoder or seq2seq", cli=False))
     labels: list | None = field(default=None, metadata=_help(
         "classification: the label of each head output (the prompt's choices)", cli=False))
+    input: str | None = field(default=None, metadata=_help(
+        "--task classification: what the encoder reads: a column as it is (text), or prompt (the rendered "
+        "template); default the column when the template reads one, else prompt"))
     pooling: str | None = field(default=None, metadata=_help(
         "--task embedding: mean, cls or lasttoken, for a model without a sentence-transformers pooling "
         "(a decoder, a bare BERT)"))
@@ -88,6 +94,10 @@ class TuneConfig:
             raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.model is None:
             self.model = DEFAULT_MODEL if self.task == "generation" else DEFAULT_ENCODER
+        if self.method is None:
+            self.method = "setfit" if self.task == "classification" else "lora"
+        if self.epochs is None:
+            self.epochs = 1 if self.method == "setfit" else 3
         for name in ("lr", "epochs", "warmup", "scale"):
             finite(name, getattr(self, name))
         if self.lr is not None:

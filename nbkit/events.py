@@ -178,6 +178,8 @@ class PlainProgress(Callback):
         where = f" -> {e.run.path}" if e.run is not None else ""
         detail = f": {e.error}" if e.error else ""
         self._print(f"tune {e.status} after {e.steps} steps in {fmt_seconds(e.elapsed)}{detail}{where}")
+        if e.metrics.get("warning"):
+            self._print(f"  warning: {e.metrics['warning']}")
 
 
 def task_loss_text(losses: dict) -> str:

@@ -144,6 +144,15 @@ class Prompt:
 
     # -- what the template needs -------------------------------------------------
     @property
+    def input_columns(self) -> set[str]:
+        """Names the template alone reads from each row (the target's not counted; none filled by retrieval)."""
+        names = _variables(self.template)
+        if self.retrieve is not None:
+            names.discard("passages")
+            names.add(self._query_column(names))
+        return names
+
+    @property
     def variables(self) -> set[str]:
         """Names the template and target read from each row."""
         names = _variables(self.template)

@@ -42,6 +42,18 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def saved_version(path: str | os.PathLike) -> str:
+    """``PATH@STAMP``: what a session caches a run's saved adapter or model under. A run tuned again under
+    the same name (``--overwrite``) writes a new folder (a new inode and time), so a model loaded from the
+    old one is never served for the new one."""
+    resolved = Path(path).resolve()
+    try:
+        info = resolved.stat()
+    except OSError:
+        return str(resolved)
+    return f"{resolved}@{info.st_ino}-{info.st_mtime_ns}"
+
+
 class Run:
     """A tuning run, as found on disk.
 
@@ -249,11 +261,19 @@ class Run:
         For full fine-tuning ``model`` is the whole model and ``tokenizer`` is saved beside it,
         so ``adapter/`` is a model directory any ``from_pretrained`` loads.
         """
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+
+        self.save_folder(write)
+
+    def save_folder(self, write) -> None:
+        """``write(folder)`` fills a new folder that then replaces ``adapter/`` in one rename: a crash
+        mid-save leaves the old adapter (or none), never half of one."""
         tmp = self.path / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        write(tmp)
         old = self.path / ".adapter.old"
         if self.adapter_path.exists():
             os.replace(self.adapter_path, old)

@@ -22,10 +22,11 @@ LLAMA = types.SimpleNamespace(model_type="llama", hidden_size=576, intermediate_
 
 def test_every_method_the_guide_names_is_registered():
     assert set(available_methods()) == {"lora", "qlora", "dora", "ia3", "prompt-tuning", "p-tuning",
-                                        "prefix-tuning", "full"}
+                                        "prefix-tuning", "full", "setfit"}
+    assert available_methods("encoder") == ["full", "lora", "setfit"]
     for name in available_methods():
         m = get_method(name)
-        assert m.summary and m.lr > 0 and m.kind in ("adapter", "prompt", "full")
+        assert m.summary and m.lr > 0 and m.kind in ("adapter", "prompt", "full", "setfit")
 
 
 @pytest.mark.parametrize("method, options, field", [

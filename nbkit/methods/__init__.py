@@ -6,7 +6,7 @@ every model family trains through this registry (a method says which families it
 
 from __future__ import annotations
 
-from . import dora, full, ia3, lora, p_tuning, prefix_tuning, prompt_tuning, qlora  # noqa: F401  (they register)
+from . import dora, full, ia3, lora, p_tuning, prefix_tuning, prompt_tuning, qlora, setfit  # noqa: F401  (they register)
 from .registry import (FAMILIES, METHODS, BuildContext, Method, available_methods, get_method, method_for,
                        option_fields, register_method)
 

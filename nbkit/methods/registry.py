@@ -43,8 +43,9 @@ class Method:
         build: ``build(model, options, context) -> model`` returning the model to train.
         quantize: what the base model is loaded as (``None``, ``"4bit"``).
         lr: default learning rate, chosen so the defaults learn on a small data set.
-        kind: ``adapter`` (peft layers), ``prompt`` (peft learned prompt) or ``full`` (every weight;
-            the run saves a whole model).
+        kind: ``adapter`` (peft layers), ``prompt`` (peft learned prompt), ``full`` (every weight;
+            the run saves a whole model) or ``setfit`` (a tuned sentence encoder and a logistic head,
+            saved as a ``SetFitModel``).
         check: ``check(model_config, options)`` raising :class:`ConfigError` when the method cannot
             work on that architecture; runs before any weights load.
         summary: one line for help texts.

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import NbkitError, UnknownNameError
 from ..hf import quiet
+from ..runs import saved_version
 from .devices import compute_dtype, quantization_config, under_fsdp
 from .embedded import EMBEDDED, ENCODERS, embedded_path
 
@@ -69,8 +70,9 @@ class Model:
             with ctx:
                 yield self.model
             return
-        key = str(Path(path).resolve())
-        kind = peft_type(key)
+        where = str(Path(path).resolve())
+        key = saved_version(where)  # an adapter saved again under the same path loads anew
+        kind = peft_type(where)
         if isinstance(self.model, PeftModel) and peft_type_of(self.model) != kind:
             # peft keeps one kind of tuner per model (LoRA and IA3 layers, or a learned prompt):
             # take the current kind off, keeping the base's own weights, and load the new kind
@@ -80,9 +82,9 @@ class Model:
         if key not in self._adapters:
             name = f"a{len(self._adapters)}"
             if isinstance(self.model, PeftModel):
-                self.model.load_adapter(key, adapter_name=name)
+                self.model.load_adapter(where, adapter_name=name)
             else:
-                self.model = PeftModel.from_pretrained(self.model, key, adapter_name=name)
+                self.model = PeftModel.from_pretrained(self.model, where, adapter_name=name)
             self.model.eval()
             self._adapters[key] = name
         self.model.set_adapter(self._adapters[key])

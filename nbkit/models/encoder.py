@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError, MissingDependencyError
 from ..hf import quiet
+from ..runs import saved_version
 from ..session import current, get_run
 from .decoder import resolve
 from .embedded import ENCODERS, encoder_path
@@ -113,7 +114,7 @@ class EncoderModel:
         if run.config.get("model") != self.name:
             raise ConfigError("model", f"is {self.name!r} but run {run.name!r} tuned {run.config.get('model')!r}")
         key = str(run.adapter_path.resolve())
-        return current().cached(("encoder-run", key, self.device), lambda: self._load_tuned(run, key))
+        return current().cached(("encoder-run", saved_version(key), self.device), lambda: self._load_tuned(run, key))
 
     def _load_tuned(self, run, key: str):
         if run.is_full_model:
@@ -172,6 +173,21 @@ def classifier(source, choices: Sequence[str]):
             label2id={c: i for i, c in enumerate(choices)})
 
 
+def load_setfit(run, device: str):
+    """The ``SetFitModel`` (tuned encoder + logistic-regression head) of a ``--method setfit`` run."""
+    try:
+        from setfit import SetFitModel
+    except ImportError:
+        raise MissingDependencyError("setfit", f"run {run.name!r} (--method setfit)", "pip install 'nbkit[embed]'") \
+            from None
+
+    def load():
+        with quiet(errors_only=True):
+            return SetFitModel.from_pretrained(str(run.adapter_path), device=device)
+
+    return current().cached(("setfit", saved_version(run.adapter_path), device), load)
+
+
 def load_classifier(run, device: str):
     """(network, tokenizer) of a classification run: its saved model, or the base with its adapter."""
     def load():
@@ -188,4 +204,4 @@ def load_classifier(run, device: str):
             tokenizer = AutoTokenizer.from_pretrained(source)
         return net.to(device).eval(), tokenizer
 
-    return current().cached(("classifier", str(run.adapter_path.resolve()), device), load)
+    return current().cached(("classifier", saved_version(run.adapter_path), device), load)

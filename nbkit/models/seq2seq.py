@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..hf import quiet
+from ..runs import saved_version
 from ..session import current
 
 
@@ -26,7 +27,7 @@ def load_seq2seq(spec: str, adapter: str | Path | None, device: str):
             model = PeftModel.from_pretrained(model, str(adapter))
         return model.to(device).eval(), tokenizer
 
-    return current().cached(("seq2seq", str(spec), str(adapter) if adapter else None, device), load)
+    return current().cached(("seq2seq", str(spec), saved_version(adapter) if adapter else None, device), load)
 
 
 def fresh_seq2seq(spec: str, device: str):

@@ -14,8 +14,7 @@ every family writes (:class:`nbkit.config.TuneConfig`), and train in the plain l
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -30,15 +29,17 @@ from ..retrieval import load_corpus, pairs
 from ..runs import Run, free_name
 from ..session import get_prompt, remember_run
 from .loop import Loop, check_loop_settings, shuffled_batches
+from .setfit import not_learning, train_setfit
 from .tasks import Task, write_inputs
 
 # what the plain loop does not do (yet): refused by name instead of silently ignored
 _LOOP = ("max_steps", "grad_accum", "dev", "eval_every", "patience", "save_every", "weights",
          "gradient_checkpointing", "precision")
-UNSUPPORTED = {"embedding": _LOOP, "classification": _LOOP + ("pooling", "corpus")}
+UNSUPPORTED = {"embedding": _LOOP + ("input",), "classification": _LOOP + ("pooling", "corpus")}
 # default learning rates, measured on the shipped samples: a head and LoRA learn at 5e-4, all weights of
 # a pretrained encoder move at a tenth of that; contrastive tuning moves the sentence vectors themselves
-LR = {"classification": {"lora": 5e-4, "full": 5e-5}, "embedding": {"lora": 2e-4, "full": 2e-5}}
+# SetFit's 2e-5 is its package's body learning rate
+LR = {"classification": {"lora": 5e-4, "full": 5e-5, "setfit": 2e-5}, "embedding": {"lora": 2e-4, "full": 2e-5}}
 
 
 def encoder_config(task: str, prompt, data, settings: Mapping[str, Any], options: Mapping[str, Any]):
@@ -49,6 +50,9 @@ def encoder_config(task: str, prompt, data, settings: Mapping[str, Any], options
                      architecture="encoder", options=dict(options), **settings)
     check_loop_settings(cfg, UNSUPPORTED[task], f"with task={task!r} (encoder tuning)")
     spec = method_for(cfg.method, "encoder", "does not apply to an encoder")
+    if spec.kind == "setfit" and task != "classification":
+        raise ConfigError("method", f"'setfit' trains a classifier (--task classification); --task {task} uses "
+                          "lora or full")
     method_options = spec.make_options(cfg.options)
     cfg.options, cfg.lr = dataclasses.asdict(method_options), cfg.lr or LR[task][cfg.method]
     return cfg, spec, method_options
@@ -147,22 +151,33 @@ def _save_encoder(run: Run, student, kind: str) -> None:
     if kind != "full":
         run.save_adapter(student[0].model)
         return
-    tmp = run.path / ".adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    student.save(str(tmp))
-    if run.adapter_path.exists():
-        shutil.rmtree(run.adapter_path)
-    os.replace(tmp, run.adapter_path)
+    run.save_folder(lambda folder: student.save(str(folder)))
 
 
 def tune_classifier(prompt, data, settings: Mapping[str, Any], options: Mapping[str, Any], *,
                     overwrite: bool = False, namespace=None, callbacks: Sequence = ()) -> Run:
-    """A sequence-classification head on an encoder, trained on the prompt's rendered inputs with its
-    ``choices`` as the labels (cross-entropy). ``lora`` trains adapters on the encoder plus the whole
-    head; ``full`` trains everything. ``%evaluate --run`` then reports the usual classification
-    metrics, so the fine-tuned encoder sits in one table with prompted decoders."""
-    import torch
+    """A classifier on an encoder, labels from the prompt's ``choices``, inputs the rendered prompt (or
+    the ``input`` column). ``setfit`` (the default) tunes the encoder on same/different-label pairs,
+    then fits a logistic-regression head (:mod:`nbkit.training.setfit`); ``lora`` trains adapters plus
+    a sequence-classification head with cross-entropy, ``full`` every weight. ``%evaluate --run`` then
+    reports the usual classification metrics, so the tuned encoder sits in one table with prompted
+    decoders. A run whose training loss ends within 2% of chance says so (``metrics["warning"]``)."""
+    prompt, cfg, spec, method_options, source, splits, train, texts, labels = _classification(
+        prompt, data, settings, options, namespace)
+    default = f"{prompt.name}-{Path(cfg.model).name}-{'setfit' if spec.kind == 'setfit' else 'classifier'}"
+    if cfg.name:  # a given name must be free (or replaced) before anything loads; a default one is numbered
+        Run.check_create(cfg.name, overwrite=overwrite)
+    set_seed(cfg.seed)  # before the head and the LoRA weights are initialised: same seed, same run
+    task = Task(prompt.name, prompt, cfg.data, 1.0, splits, train, [])
+    if spec.kind == "setfit":
+        run = _new_run(cfg, default, overwrite, task)
+        return train_setfit(run, cfg, spec, method_options, source, texts, labels, callbacks)
+    return _train_head(cfg, spec, method_options, source, texts, labels,
+                       lambda: _new_run(cfg, default, overwrite, task), callbacks)
 
+
+def _classification(prompt, data, settings, options, namespace):
+    """Everything a classification run needs, checked before any weights load."""
     if prompt is None:
         raise ConfigError("prompt", "is needed with task='classification': its choices are the labels")
     if isinstance(prompt, (list, tuple)):
@@ -178,31 +193,62 @@ def tune_classifier(prompt, data, settings: Mapping[str, Any], options: Mapping[
                           f"{cfg.model!r} is not one. For a decoder, tune the prompt without --task")
     splits = load_data(data, namespace)
     train = list(splits["train"])
-    prompt = prompt.resolve_target(splits["train"].column_names)
-    prompt.check(splits["train"].column_names)
-    labels = [prompt.render_target(row) for row in train]
-    unknown = sorted(set(labels) - set(prompt.choices))
+    columns = splits["train"].column_names
+    prompt = prompt.resolve_target(columns)
+    prompt.check(columns)
+    cfg.input = cfg.input or _default_input(prompt)
+    if cfg.input != "prompt" and cfg.input not in columns:
+        raise ConfigError("input", f"{cfg.input!r} is neither prompt nor a column of the data; columns: "
+                          f"{', '.join(columns)}")
+    names = [prompt.render_target(row) for row in train]
+    unknown = sorted(set(names) - set(prompt.choices))
     if unknown:
         raise DataError(f"the data has label(s) {', '.join(map(repr, unknown))} that are not among the choices of "
                         f"prompt {prompt.name!r}: {', '.join(prompt.choices)}")
-    device = pick_device("auto")
     cfg.labels = list(prompt.choices)
-    default = f"{prompt.name}-{Path(cfg.model).name}-classifier"
-    if cfg.name:  # a given name must be free (or replaced) before anything loads; a default one is numbered
-        Run.check_create(cfg.name, overwrite=overwrite)
-    set_seed(cfg.seed)  # before the head and the LoRA weights are initialised: same seed, same run
-    net = spec.build(classifier(source, prompt.choices).to(device), method_options,
-                     BuildContext(family="encoder", task_type="SEQ_CLS", default_targets=BERT_TARGETS))
+    texts = [prompt.render(row) for row in train] if cfg.input == "prompt" else [str(row[cfg.input]) for row in train]
+    return prompt, cfg, spec, method_options, source, splits, train, texts, [cfg.labels.index(n) for n in names]
+
+
+def _default_input(prompt) -> str:
+    """The column itself when the template reads one: an instruction around it is the same words on every
+    row, and a mean-pooled sentence vector of it drowns the text (on a held-out home-assistant set,
+    0.975 accuracy on the column, 0.80 on the rendered prompt); else the rendered prompt."""
+    columns = prompt.input_columns
+    return next(iter(columns)) if len(columns) == 1 and not prompt.shots else "prompt"
+
+
+def _train_head(cfg, spec, method_options, source, texts, labels, new_run, callbacks) -> Run:
+    """A sequence-classification head (and LoRA adapters, or every weight) trained with cross-entropy."""
+    import torch
     from transformers import AutoTokenizer
 
+    device = pick_device("auto")
+    net = spec.build(classifier(source, cfg.labels).to(device), method_options,
+                     BuildContext(family="encoder", task_type="SEQ_CLS", default_targets=BERT_TARGETS))
     tokenizer = AutoTokenizer.from_pretrained(source)
-    run = _new_run(cfg, default, overwrite, Task(prompt.name, prompt, cfg.data, 1.0, splits, train, []))
-    examples = list(zip([prompt.render(row) for row in train], [prompt.choices.index(label) for label in labels]))
+    run = new_run()
 
     def loss_of(batch):
         enc = tokenizer([t for t, _ in batch], padding=True, truncation=True, max_length=cfg.max_length,
                         return_tensors="pt").to(device)
         return net(**enc, labels=torch.tensor([y for _, y in batch], device=device)).loss
 
-    return Loop(run, net, examples, loss_of, cfg, callbacks=callbacks,
-                save=lambda r: r.save_adapter(net, tokenizer if spec.kind == "full" else None))()
+    facts: dict = {}
+
+    def save(r):
+        r.save_adapter(net, tokenizer if spec.kind == "full" else None)
+        warning = not_learning(_last_losses(r), math.log(len(cfg.labels)))
+        if warning:
+            facts["warning"] = warning
+
+    return Loop(run, net, list(zip(texts, labels)), loss_of, cfg, callbacks=callbacks, save=save, facts=facts)()
+
+
+def _last_losses(run: Run) -> float | None:
+    """The mean loss of the last epoch's steps (a tenth of the run at least): what training ended at."""
+    losses = [row["loss"] for row in run.history if isinstance(row.get("loss"), (int, float))]
+    if not losses:
+        return None
+    tail = losses[-max(1, len(losses) // 10):]
+    return sum(tail) / len(tail)

@@ -68,7 +68,7 @@ class Loop:
     save: Callable[[Run], None]
     batches: Callable[[int], list] | None = None
     callbacks: Sequence = ()
-    facts: dict = field(default_factory=dict)  # extra final metrics (hard negatives, …)
+    facts: dict = field(default_factory=dict)  # extra final metrics (hard negatives, …); save may add to it
 
     def __call__(self) -> Run:
         emit = events.Emitter(list(self.callbacks))
@@ -79,6 +79,7 @@ class Loop:
             steps = metrics["steps"]
             with quiet():
                 self.save(self.run)
+            metrics = {**metrics, **self.facts}  # what saving learned too (a setfit head's loss, a warning)
         except KeyboardInterrupt:
             self._end(emit, "interrupted", started, None)
             raise TrainingInterrupted(self.run) from None
