@@ -12,6 +12,8 @@ from .errors import NbkitError
 def _run(args) -> int:
     from .jobs import check_parameters, parse_value, run_notebook
 
+    if args.list:
+        return _list_parameters(args.notebook)
     parameters = {k: parse_value(v) for k, v in args.parameter}
     check_parameters(args.notebook, parameters)  # a wrong file or parameter is said before "running"
     print(f"nbkit: running {args.notebook} {' '.join(f'{k}={v!r}' for k, v in parameters.items())}", flush=True)
@@ -21,6 +23,22 @@ def _run(args) -> int:
         info = report["info"]
         print(f"\nevaluation on {info['data']} [{info['split']}], {info['rows']} rows, {info['scoring']}:")
         print(_table(report["results"], info["metrics"]))
+    return 0
+
+
+def _list_parameters(notebook: str) -> int:
+    """What ``-p`` can set: the notebook's parameters cell, one line each (name, default, its comment)."""
+    from .jobs import check_parameters
+
+    known = check_parameters(notebook, [])
+    if not known:
+        print(f"{notebook} has no parameters cell (a code cell tagged `parameters`)")
+        return 0
+    width = max(len(name) for name in known)
+    print(f"parameters of {notebook} (set with -p NAME VALUE):")
+    for name, p in known.items():
+        help_ = f"  # {p['help']}" if p.get("help") else ""
+        print(f"  {name.ljust(width)} = {p.get('default')}{help_}")
     return 0
 
 
@@ -108,10 +126,16 @@ def _table(results: dict, metrics: list[str]) -> str:
 
 
 def main(argv=None) -> int:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="nbkit", description="nbkit: notebooks and tune jobs, headless")
+    parser.add_argument("--version", action="version", version=f"nbkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="execute a notebook with papermill into a job folder")
+    run = sub.add_parser("run", help="execute a notebook with papermill into a job folder",
+                         description="Execute NOTEBOOK with papermill into a job folder; `nbkit run NOTEBOOK --list` "
+                                     "shows the parameters -p can set.")
     run.add_argument("notebook")
+    run.add_argument("--list", action="store_true", help="list the notebook's parameters (names, defaults) and stop")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="set a parameter of the notebook's parameters cell (repeatable)")
     run.add_argument("--jobs-dir", default="jobs", help="where job folders go (default ./jobs)")

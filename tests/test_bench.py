@@ -68,7 +68,7 @@ SMOKE = {  # the CI mode of each script: the smallest sizes that still run every
     "latency.py": [],
     "methods.py": ["--methods", "lora", "--precision", "bf16"],
     "profile_step.py": [],
-    "encoder_classification.py": ["--sets", "topic"],
+    "encoder_classification.py": ["--sets", "topic", "--systems", "nbkit default,setfit"],  # decoders: methods.py
     "gpu.py": [],  # a tiny random Llama on the CPU: the GPU run's code paths, LoRA and 4-bit QLoRA, both systems
 }
 ROWS = {  # what each table must show a row for
@@ -79,7 +79,7 @@ ROWS = {  # what each table must show a row for
     "methods.py": ["zero-shot", "lora", "lora, bf16"],
     "profile_step.py": ["matrix products", "LoRA products (rank 8)", "dropout masks (bernoulli)"],
     "gpu.py": ["peft", "nbkit"],
-    "encoder_classification.py": ["nbkit default", "nbkit lora head", "setfit", "decoder zero-shot", "decoder lora"],
+    "encoder_classification.py": ["nbkit default", "setfit"],
 }
 COLUMN = {"train_throughput.py": 2, "gpu.py": 3}  # where a table names its rows (default: the first column)
 

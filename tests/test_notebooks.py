@@ -37,6 +37,22 @@ def test_unknown_parameter_message(tmp_path, capsys):
     assert "`epoch` is not a parameter" in err and "epochs" in err and "method" in err
 
 
+def test_run_lists_the_parameters_and_the_command_has_a_version(capsys):
+    from nbkit import __version__
+    from nbkit.cli import main
+
+    assert main(["run", str(QUICKSTART), "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters of" in out and "-p NAME VALUE" in out
+    assert "epochs = 2" in out and 'method = "lora"' in out  # the quickstart's own defaults
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"nbkit {__version__}"
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--list" in capsys.readouterr().out
+
+
 def test_failing_job_reports_cell_and_error(tmp_path):
     import nbformat
 

@@ -70,6 +70,8 @@ def test_bad_settings_are_refused_before_weights_load():
         tune(_prompt(), {"train": TRAIN}, task="classification", input="body")
     with pytest.raises(ConfigError, match="is not supported"):
         tune(None, [{"query": "q", "positive": "p"}] * 4, task="embedding", input="text")
+    with pytest.raises(DataError, match="at least two labels"):
+        tune(_prompt(), {"train": [r for r in TRAIN if r["label"] == "music"]}, task="classification")
     with pytest.raises(ConfigError, match="does not apply to a"):
         tune(_prompt(), {"train": TRAIN}, method="setfit")  # a decoder
 

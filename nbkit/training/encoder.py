@@ -157,8 +157,8 @@ def _save_encoder(run: Run, student, kind: str) -> None:
 
 def tune_classifier(prompt, data, settings: Mapping[str, Any], options: Mapping[str, Any], *,
                     overwrite: bool = False, namespace=None, callbacks: Sequence = ()) -> Run:
-    """A classifier on an encoder, labels from the prompt's ``choices``, inputs the rendered prompt (or
-    the ``input`` column). ``setfit`` (the default) tunes the encoder on same/different-label pairs,
+    """A classifier on an encoder, labels from the prompt's ``choices``; the encoder reads the one column
+    the template reads, else the rendered prompt (``input`` says which). ``setfit`` (the default) tunes the encoder on same/different-label pairs,
     then fits a logistic-regression head (:mod:`nbkit.training.setfit`); ``lora`` trains adapters plus
     a sequence-classification head with cross-entropy, ``full`` every weight. ``%evaluate --run`` then
     reports the usual classification metrics, so the tuned encoder sits in one table with prompted
@@ -206,6 +206,9 @@ def _classification(prompt, data, settings, options, namespace):
     if unknown:
         raise DataError(f"the data has label(s) {', '.join(map(repr, unknown))} that are not among the choices of "
                         f"prompt {prompt.name!r}: {', '.join(prompt.choices)}")
+    if len(set(names)) < 2:
+        found = f"every training row has the label {names[0]!r}" if names else "the train split is empty"
+        raise DataError(f"{found}; a classifier needs rows of at least two labels")
     cfg.labels = list(prompt.choices)
     texts = [prompt.render(row) for row in train] if cfg.input == "prompt" else [str(row[cfg.input]) for row in train]
     return prompt, cfg, spec, method_options, source, splits, train, texts, [cfg.labels.index(n) for n in names]
@@ -247,7 +250,7 @@ def _train_head(cfg, spec, method_options, source, texts, labels, new_run, callb
 
 
 def _last_losses(run: Run) -> float | None:
-    """The mean loss of the last epoch's steps (a tenth of the run at least): what training ended at."""
+    """The mean loss of the last tenth of the steps: what training ended at."""
     losses = [row["loss"] for row in run.history if isinstance(row.get("loss"), (int, float))]
     if not losses:
         return None
