@@ -22,7 +22,6 @@ an interval is about +-8 points wide, so rows a point or two apart are not told 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+
+from nbkit.stats import wilson  # noqa: E402
 
 SETS = {  # the prompt each set is tuned and scored with (the encoder reads it rendered, as a user's would)
     "intent": "Which team should handle this customer message?\nMessage: {{ text }}\nTeam:",
@@ -93,15 +94,6 @@ def _setfit(train, test, choices, quick: bool) -> int:
             [{"text": r["text"], "label": r["label"]} for r in train])).train()
     predicted = model.predict([r["text"] for r in test])
     return sum(p == r["label"] for p, r in zip(predicted, test))
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of ``correct / n``."""
-    if n == 0:
-        return 0.0, 1.0
-    p = correct / n
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
 
 
 def table(results: list[dict]) -> str:

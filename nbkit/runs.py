@@ -155,7 +155,8 @@ class Run:
     def __repr__(self):
         loss = self.metrics.get("train_loss")
         loss = f", loss {loss:.4f}" if isinstance(loss, float) else ""
-        return f"<nbkit.Run {self.name} ({self.status}{loss}) at {self.path}>"
+        warning = "; did not learn" if str(self.metrics.get("warning", "")).startswith("did not learn") else ""
+        return f"<nbkit.Run {self.name} ({self.status}{loss}{warning}) at {self.path}>"
 
     def _repr_html_(self):
         m, c = self.metrics, self.config

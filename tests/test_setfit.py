@@ -133,7 +133,7 @@ def test_a_classifier_that_does_not_learn_says_so():
                name="stuck", callbacks=[PlainProgress(stream=stream)])
     assert run.status == "completed"
     assert run.metrics["warning"].startswith("did not learn: the training loss")
-    assert "warning: did not learn" in stream.getvalue()
+    assert "warning: did not learn" in stream.getvalue() and "did not learn" in repr(run)
     widget = TuneWidget()
     widget.on_end(End("completed", 3.0, 3, metrics=run.metrics, run=run))
     assert "did not learn" in widget.status.value and widget.bar.bar_style == "warning"

@@ -1,0 +1,71 @@
+"""Intervals and paired tests against hand-computed values and scipy's implementations (no model: milliseconds)."""
+
+from __future__ import annotations
+
+import pytest
+
+from nbkit import stats
+
+
+def test_wilson_by_hand_and_against_scipy():
+    from scipy.stats import binomtest
+
+    low, high = stats.wilson(8, 10)  # p = 0.8, z = 1.96: (0.8 + 0.192) / 1.384 -+ 1.96 * sqrt(0.016 + 0.0096) / 1.384
+    assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)
+    for correct, n in [(0, 40), (31, 40), (40, 40), (63, 80), (700, 1000)]:
+        ci = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert stats.wilson(correct, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
+    assert stats.wilson(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        stats.wilson(11, 10)
+
+
+def test_an_interval_shrinks_as_rows_grow():
+    widths = [high - low for low, high in (stats.wilson(round(0.78 * n), n) for n in (40, 80, 320, 1280))]
+    assert widths == sorted(widths, reverse=True) and widths[0] > 0.2 > 0.05 > widths[-1]
+    values = [1.0, 0.0, 0.5, 0.25] * 10
+    small, large = stats.bootstrap(values), stats.bootstrap(values * 20)
+    assert small[0] < large[0] < 0.4375 < large[1] < small[1]
+
+
+def test_bootstrap_matches_scipys_percentile_bootstrap_and_is_repeatable():
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    values = np.random.default_rng(3).random(200) ** 2
+    ours = stats.bootstrap(values, resamples=5000)
+    theirs = bootstrap((values,), np.mean, n_resamples=5000, method="percentile", random_state=1).confidence_interval
+    assert ours == pytest.approx((theirs.low, theirs.high), abs=0.01)
+    assert stats.bootstrap(values) == stats.bootstrap(values)  # a fixed seed: the same report twice
+
+
+def test_mcnemar_is_scipys_exact_binomial_test_on_the_discordant_rows():
+    from scipy.stats import binomtest
+
+    a = [True] * 50 + [True] * 3 + [False] * 12 + [False] * 15  # 50 both right, 3 only a, 12 only b, 15 neither
+    b = [True] * 50 + [False] * 3 + [True] * 12 + [False] * 15
+    result = stats.mcnemar(a, b)
+    assert (result["only_a"], result["only_b"]) == (3, 12)
+    assert result["p_value"] == pytest.approx(binomtest(3, 15, 0.5).pvalue, abs=1e-12)
+    assert stats.mcnemar(a, a)["p_value"] == 1.0  # no discordant rows: nothing to tell apart
+    with pytest.raises(ValueError, match="same rows"):
+        stats.mcnemar(a, b[:-1])
+
+
+def test_paired_bootstrap_of_a_difference():
+    a = [1.0] * 60 + [0.0] * 20
+    b = [1.0] * 60 + [1.0] * 15 + [0.0] * 5  # b right on 15 rows a got wrong
+    result = stats.paired_bootstrap(a, b)
+    assert result["difference"] == pytest.approx(15 / 80)
+    assert 0 < result["low"] < 15 / 80 < result["high"] and result["p_value"] < 0.01
+    tie = stats.paired_bootstrap(a, a[::-1])  # the same accuracy, on different rows
+    assert tie["low"] < 0 < tie["high"] and tie["p_value"] > 0.5
+
+
+def test_rows_needed_against_the_textbook_sample_size():
+    # two proportions, 0.8 vs 0.9, two-sided 5%, power 80%: 199 per group (Fleiss, without continuity correction)
+    assert stats.rows_needed(0.8, 0.9) == 199
+    assert stats.rows_needed(0.775, 0.787) > 10_000  # the methods table's one-row gap
+    assert stats.rows_needed(0.4, 0.8) < stats.rows_needed(0.7, 0.8)
+    with pytest.raises(ValueError):
+        stats.rows_needed(0.5, 0.5)
