@@ -89,11 +89,37 @@ def confusion(expected: Sequence[str], predicted: Sequence[str], labels: Sequenc
 
 def rouge(outputs: Sequence[str], expected: Sequence[str], kind: str) -> float:
     """Mean ROUGE F-measure (``rouge1``, ``rouge2`` or ``rougeL``) with Porter stemming."""
+    scores = rouge_rows(outputs, expected, kind)
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
+def rouge_rows(outputs: Sequence[str], expected: Sequence[str], kind: str) -> list[float]:
+    """Each row's ROUGE F-measure."""
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer([kind], use_stemmer=True)
-    scores = [scorer.score(str(e), str(o))[kind].fmeasure for o, e in zip(outputs, expected)]
-    return sum(scores) / len(scores) if scores else float("nan")
+    return [scorer.score(str(e), str(o))[kind].fmeasure for o, e in zip(outputs, expected)]
+
+
+def macro_resampled(name: str, expected: Sequence[str], predicted: Sequence[str], labels, draws):
+    """Macro ``precision``/``recall``/``f1`` of each resample of the rows (``draws``: resamples x rows
+    of row indices), as :func:`per_class` computes them over ``labels`` (default: every label seen),
+    vectorised: a thousand resamples of a few hundred rows in milliseconds."""
+    import numpy as np
+
+    labels = list(labels or sorted(set(expected) | set(predicted)))
+    code = {label: i for i, label in enumerate(labels)}
+    e = np.array([code.get(x, -1) for x in expected])[draws]
+    p = np.array([code.get(x, -2) for x in predicted])[draws]
+    per_label = []
+    for c in range(len(labels)):
+        tp = ((e == c) & (p == c)).sum(axis=1)
+        fp = ((e != c) & (p == c)).sum(axis=1)
+        fn = ((e == c) & (p != c)).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = {"precision": tp / (tp + fp), "recall": tp / (tp + fn), "f1": 2 * tp / (2 * tp + fp + fn)}[name]
+        per_label.append(np.nan_to_num(value, nan=0.0))
+    return np.mean(per_label, axis=0)
 
 
 def _macro(name: str) -> Callable:
@@ -121,6 +147,16 @@ COMPUTE: dict[str, Callable] = {
     "rougeL": lambda frame, labels=None: rouge(frame["output"], frame["expected"], "rougeL"),
     # exp of the mean negative log-likelihood per expected token, over all tokens of the split
     "perplexity": lambda frame, labels=None: math.exp(frame["nll"].sum() / max(frame["tokens"].sum(), 1)),
+}
+
+
+# metrics that are a mean over rows: each row's value, so intervals and paired tests resample rows once
+PER_ROW: dict[str, Callable] = {
+    "accuracy": lambda frame: [float(c) for c in frame["correct"]],
+    "exact_match": lambda frame: [float(c) for c in frame["correct"]],
+    "token_f1": lambda frame: [token_f1(o, e) for o, e in zip(frame["output"], frame["expected"])],
+    **{kind: (lambda frame, kind=kind: rouge_rows(frame["output"], frame["expected"], kind))
+       for kind in ("rouge1", "rouge2", "rougeL")},
 }
 
 

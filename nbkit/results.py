@@ -12,7 +12,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
 
@@ -157,6 +157,86 @@ class Report:
         frame = frame[frame["right"].notna()]
         return frame.sort_values("right", key=lambda col: col != b, kind="stable")
 
+    def intervals(self, metric: str | Sequence[str] | None = None, resamples: int = 1000):
+        """Each target's metrics with a 95% interval: a DataFrame indexed by target with ``M``, ``M_low``
+        and ``M_high`` per metric. Accuracy and exact match get Wilson's interval; other means over rows
+        (token F1, ROUGE) the bootstrap over rows; macro scores and perplexity are recomputed on each
+        resample. A fixed seed: the same report gives the same intervals."""
+        import numpy as np
+        import pandas as pd
+
+        from . import stats
+        from .metrics import COMPUTE, PER_ROW, macro_resampled
+
+        wanted = [metric] if isinstance(metric, str) else list(metric or self.metrics)
+        table = {}
+        for target, frame in self.predictions.items():
+            row, n = {}, len(frame)
+            labels = self.info.get("labels", {}).get(target)
+            for name in wanted:
+                value = COMPUTE[name](frame, labels)
+                if name in ("accuracy", "exact_match"):
+                    low, high = stats.wilson(int(sum(bool(c) for c in frame["correct"])), n)
+                elif name in PER_ROW:
+                    low, high = stats.bootstrap(PER_ROW[name](frame), resamples)
+                elif n:
+                    draws = np.random.default_rng(0).integers(0, n, size=(resamples, n))
+                    values = (macro_resampled(name, list(frame["expected"]), list(frame["output"]), labels, draws)
+                              if name in ("precision", "recall", "f1")
+                              else np.array([COMPUTE[name](frame.iloc[d], labels) for d in draws]))
+                    low, high = (float(v) for v in np.nanpercentile(values, [2.5, 97.5]))
+                else:
+                    low = high = float("nan")
+                row.update({name: value, f"{name}_low": low, f"{name}_high": high})
+            table[target] = row
+        frame = pd.DataFrame.from_dict(table, orient="index")
+        frame.index.name = "target"
+        return frame
+
+    def compare(self, a: str | None = None, b: str | None = None, metric: str | Sequence[str] | None = None,
+                resamples: int = 1000):
+        """Whether ``b`` differs from ``a`` (default: the last target against the first) on the rows both
+        were scored on, per metric (default: the report's).
+
+        Returns a DataFrame indexed by metric: both values, ``difference`` (b - a), its 95% paired
+        interval (``low``, ``high``: the rows resampled together), ``p_value`` (the exact McNemar test
+        for accuracy and exact match, on the rows only one of them got right; else the paired
+        bootstrap), the ``test`` used, and ``verdict``: which is better, or ``not distinguishable at
+        this size`` when the interval holds 0.
+        """
+        import pandas as pd
+
+        from . import stats
+        from .metrics import PER_ROW
+
+        names = list(self.predictions)
+        a, b = self._target(a), self._target(b if b is not None else names[-1])
+        pa, pb = self.predictions[a], self.predictions[b]
+        if len(pa) != len(pb) or list(pa["expected"]) != list(pb["expected"]):
+            raise ValueError(f"{a!r} and {b!r} were not scored on the same rows; a paired comparison needs them")
+        wanted = [metric] if isinstance(metric, str) else list(metric or self.metrics)
+        rows = {}
+        for name in wanted:
+            if name in PER_ROW:
+                ra, rb = PER_ROW[name](pa), PER_ROW[name](pb)
+                result = stats.paired_bootstrap(ra, rb, resamples)
+                va, vb = (sum(r) / len(r) if r else float("nan") for r in (ra, rb))
+            else:  # macro F1, precision, recall, perplexity: recomputed on each resample of the rows
+                result = _paired_recomputed(name, pa, pb, self.info.get("labels", {}).get(a), resamples)
+                va, vb = result.pop("a"), result.pop("b")
+            test, discordant = "paired bootstrap", None
+            if name in ("accuracy", "exact_match"):  # the rows only one got right: what disagreements() lists
+                exact = stats.mcnemar(list(pa["correct"]), list(pb["correct"]))
+                result["p_value"], test, discordant = exact["p_value"], "McNemar", f"{exact['only_a']}/{exact['only_b']}"
+            verdict = ("not distinguishable at this size" if result["low"] <= 0 <= result["high"]
+                       else f"{b} better" if (result["difference"] > 0) != (name == "perplexity") else f"{a} better")
+            rows[name] = {a: va, b: vb, "difference": result["difference"], "low": result["low"],
+                          "high": result["high"], "p_value": result["p_value"], "test": test,
+                          "only_a/only_b": discordant, "rows": len(pa), "verdict": verdict}
+        frame = pd.DataFrame.from_dict(rows, orient="index")
+        frame.index.name = "metric"
+        return frame
+
     def _disagreement_html(self) -> str:
         import pandas as pd
 
@@ -220,6 +300,30 @@ class Report:
                 for row in frame.to_dict(orient="records"):
                     f.write(json.dumps({"target": target, **row}, default=_plain) + "\n")
         return path
+
+
+def _paired_recomputed(name: str, pa, pb, labels, resamples: int) -> dict:
+    """The paired percentile bootstrap of a metric that is not a mean over rows (macro precision, recall,
+    F1; perplexity): the metric recomputed on each resample of the rows, both targets on the same draw."""
+    import numpy as np
+
+    from .metrics import COMPUTE, macro_resampled
+
+    va, vb = COMPUTE[name](pa, labels), COMPUTE[name](pb, labels)
+    n = len(pa)
+    if not n:
+        return {"a": va, "b": vb, "difference": vb - va, "low": float("nan"), "high": float("nan"),
+                "p_value": float("nan")}
+    draws = np.random.default_rng(0).integers(0, n, size=(resamples, n))
+    if name in ("precision", "recall", "f1"):
+        labels = labels or sorted(set(pa["expected"]) | set(pa["output"]) | set(pb["output"]))
+        diffs = (macro_resampled(name, list(pb["expected"]), list(pb["output"]), labels, draws)
+                 - macro_resampled(name, list(pa["expected"]), list(pa["output"]), labels, draws))
+    else:
+        diffs = np.array([COMPUTE[name](pb.iloc[d], labels) - COMPUTE[name](pa.iloc[d], labels) for d in draws])
+    low, high = np.nanpercentile(diffs, [2.5, 97.5])
+    p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
+    return {"a": va, "b": vb, "difference": vb - va, "low": float(low), "high": float(high), "p_value": p}
 
 
 def keep_report(report: "Report", runs) -> None:

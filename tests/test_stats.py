@@ -69,3 +69,76 @@ def test_rows_needed_against_the_textbook_sample_size():
     assert stats.rows_needed(0.4, 0.8) < stats.rows_needed(0.7, 0.8)
     with pytest.raises(ValueError):
         stats.rows_needed(0.5, 0.5)
+
+
+def _report(a_correct, b_correct):
+    import pandas as pd
+
+    from nbkit.results import Report
+
+    labels = ["x", "y"]
+    expected = [labels[i % 2] for i in range(len(a_correct))]
+    other = {"x": "y", "y": "x"}
+
+    def frame(correct):
+        outputs = [e if c else other[e] for e, c in zip(expected, correct)]
+        return pd.DataFrame({"input": [f"row {i}" for i in range(len(correct))], "output": outputs,
+                             "expected": expected, "correct": list(correct)})
+
+    predictions = {"base": frame(a_correct), "tuned": frame(b_correct)}
+    table = pd.DataFrame({"accuracy": [sum(a_correct) / len(a_correct), sum(b_correct) / len(b_correct)]},
+                         index=["base", "tuned"])
+    return Report(table, predictions, {"metrics": ["accuracy", "f1"], "labels": {"base": labels, "tuned": labels}})
+
+
+def test_report_compare_tests_two_targets_on_the_same_rows():
+    from scipy.stats import binomtest
+
+    a = [True] * 50 + [True] * 3 + [False] * 12 + [False] * 15
+    b = [True] * 50 + [False] * 3 + [True] * 12 + [False] * 15
+    table = _report(a, b).compare()
+    acc = table.loc["accuracy"]
+    assert acc["base"] == 53 / 80 and acc["tuned"] == 62 / 80 and acc["difference"] == pytest.approx(9 / 80)
+    assert acc["test"] == "McNemar" and acc["only_a/only_b"] == "3/12" and acc["rows"] == 80
+    assert acc["p_value"] == pytest.approx(binomtest(3, 15, 0.5).pvalue)
+    assert acc["low"] > 0 and acc["verdict"] == "tuned better"
+    assert table.loc["f1", "test"] == "paired bootstrap" and table.loc["f1", "difference"] > 0
+    # one row apart on 80: the interval holds 0, and the verdict says so
+    close = _report(a, a[:-1] + [True]).compare(metric="accuracy").loc["accuracy"]
+    assert close["low"] <= 0 <= close["high"] and close["verdict"] == "not distinguishable at this size"
+    with pytest.raises(ValueError, match="same rows"):
+        _mismatched(a, b).compare()
+
+
+def _mismatched(a, b):
+    report = _report(a, b)
+    report.predictions["tuned"] = report.predictions["tuned"].iloc[:-1]
+    return report
+
+
+def test_vectorised_macro_scores_equal_per_class_on_every_resample():
+    import numpy as np
+
+    from nbkit.metrics import macro_resampled, per_class
+
+    rng = np.random.default_rng(5)
+    labels = ["a", "b", "c"]
+    expected = list(rng.choice(labels, 60))
+    predicted = [e if rng.random() < 0.7 else str(rng.choice(labels)) for e in expected]
+    draws = rng.integers(0, 60, size=(20, 60))
+    for name in ("precision", "recall", "f1"):
+        fast = macro_resampled(name, expected, predicted, labels, draws)
+        slow = [per_class([expected[i] for i in d], [predicted[i] for i in d], labels)[name].mean() for d in draws]
+        assert fast == pytest.approx(slow)
+
+
+def test_report_intervals_per_target():
+    from scipy.stats import binomtest
+
+    a = [True] * 62 + [False] * 18
+    table = _report(a, a[::-1]).intervals()
+    ci = binomtest(62, 80).proportion_ci(method="wilson")
+    assert table.loc["base", "accuracy"] == 62 / 80
+    assert (table.loc["base", "accuracy_low"], table.loc["base", "accuracy_high"]) == pytest.approx((ci.low, ci.high))
+    assert table.loc["base", "f1_low"] < table.loc["base", "f1"] < table.loc["base", "f1_high"]
+    assert list(table.columns) == ["accuracy", "accuracy_low", "accuracy_high", "f1", "f1_low", "f1_high"]
