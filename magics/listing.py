@@ -33,6 +33,22 @@ def methods_text() -> str:
     return "\n".join(lines)
 
 
+def power_text(values) -> str:
+    """``%nbkit power 0.78 0.85``: the test rows per system that separate two accuracies (95%, power 80%)."""
+    from IPython.core.error import UsageError
+
+    from nbkit.stats import rows_needed, wilson
+
+    try:
+        p1, p2 = (float(v) for v in values)
+        rows = rows_needed(p1, p2)
+    except ValueError as e:
+        raise UsageError(f"usage: %nbkit power P1 P2 (two different accuracies between 0 and 1): {e}") from None
+    low, high = wilson(round(p1 * 80), 80)
+    return (f"{rows} test rows per system tell {p1:g} from {p2:g} apart (two-sided 5%, power 80%). For scale: "
+            f"on 80 rows an accuracy of {p1:g} has a 95% interval of about [{low:.2f}, {high:.2f}].")
+
+
 HELP = """nbkit magics  ($name in a magic line is replaced by the notebook variable; {{ }} is left to Jinja)
 
   %%prompt NAME [--target T] [--choices a,b] [--system S] [--shots K] [--run --data D --limit N] [-o VAR]
@@ -60,6 +76,8 @@ HELP = """nbkit magics  ($name in a magic line is replaced by the notebook varia
       list prompts, runs and loaded models; the tuning methods; the sample data sets
   %nbkit login openai
       ask for an API key (not echoed, kept in memory only) for --model openai:NAME
+  %nbkit power 0.78 0.85
+      how many test rows tell two accuracies apart (95%, power 80%): nbkit.stats.rows_needed
 
 Data: sample:NAME, a .csv/.jsonl/.json/.parquet file, hf:ID[:CONFIG], or a variable name.
 Models: smollm2-135m (embedded), a local directory, a hub id, or openai:NAME [--base-url URL]

@@ -17,7 +17,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from IPython.core.magic_arguments import magic_arguments
 
 from .evaluating import evaluate_mode
-from .listing import HELP, listing, methods_text
+from .listing import HELP, listing, methods_text, power_text
 from .options import (EVALUATE_ARGUMENTS, NBKIT_ARGUMENTS, PROMPT_ARGUMENTS, arguments, expand, split_csv,
                       tune_arguments, tune_keywords)
 from .progress import callbacks
@@ -136,14 +136,17 @@ class NbkitMagics(Magics):
     def nbkit(self, line):
         """List the session's prompts, runs and loaded models, print help, or log in to an API."""
         args = self._parse(self.nbkit, line)
+        if args.what == "power":
+            print(power_text(args.provider))
+            return
         if args.what == "login":
             import getpass
 
             from nbkit.models.api import login
 
-            if args.provider != "openai":
+            if args.provider != ["openai"]:
                 raise UsageError("usage: %nbkit login openai")
-            login(getpass.getpass("OpenAI API key (kept in this kernel's memory only): "), args.provider)
+            login(getpass.getpass("OpenAI API key (kept in this kernel's memory only): "), args.provider[0])
             print("nbkit: API key set for this session (not saved anywhere)")
             return
         if args.provider:

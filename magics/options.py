@@ -258,7 +258,8 @@ EVALUATE_ARGUMENTS = [
 ]
 
 NBKIT_ARGUMENTS = [
-    argument("what", nargs="?", default="list", choices=["list", "help", "methods", "samples", "login"],
-             help="list (prompts, runs, models), help, methods, samples, or login openai (asks for the API key)"),
-    argument("provider", nargs="?", help="with login: openai"),
+    argument("what", nargs="?", default="list", choices=["list", "help", "methods", "samples", "login", "power"],
+             help="list (prompts, runs, models), help, methods, samples, login openai (asks for the API key), or "
+                  "power P1 P2 (test rows that tell accuracies P1 and P2 apart)"),
+    argument("provider", nargs="*", help="with login: openai; with power: two accuracies, e.g. 0.78 0.85"),
 ]
