@@ -157,6 +157,14 @@ def sentence_transformer(source: str, device: str, pooling: str | None):
         return SentenceTransformer(modules=[transformer, pool, st_models.Normalize()], device=device)
 
 
+def features(model, texts, device):
+    """A ``SentenceTransformer``'s tokenized inputs of ``texts`` on ``device``, for a training loss."""
+    import torch
+
+    found = model.preprocess(texts) if hasattr(model, "preprocess") else model.tokenize(texts)
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in found.items()}
+
+
 def load_encoder(spec: str, device: str = "cpu", pooling: str | None = None) -> EncoderModel:
     """Load an encoder for embeddings (``load_model`` calls this for encoder specs)."""
     source = source_of(spec)

@@ -24,7 +24,7 @@ from ..errors import ConfigError, DataError
 from ..hf import set_seed
 from ..methods import BuildContext, method_for
 from ..models import family_of, pick_device, resolve
-from ..models.encoder import BERT_TARGETS, classifier, encoder_source, sentence_transformer, source_of
+from ..models.encoder import BERT_TARGETS, classifier, features, encoder_source, sentence_transformer, source_of
 from ..retrieval import load_corpus, pairs
 from ..runs import Run, free_name
 from ..session import get_prompt, remember_run
@@ -111,14 +111,12 @@ def tune_embedding(prompt, data, settings: Mapping[str, Any], options: Mapping[s
 
 
 def _contrastive_loss(student, scale: float):
-    import torch
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     loss_fn = MultipleNegativesRankingLoss(student, scale=scale)
 
     def encode(texts):
-        features = student.preprocess(texts) if hasattr(student, "preprocess") else student.tokenize(texts)
-        return {k: v.to(student.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+        return features(student, texts, student.device)
 
     def loss_of(batch):
         columns = [encode([q for q, _, _ in batch]), encode([p for _, p, _ in batch])]

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError, MissingDependencyError
 from ..models import pick_device
-from ..models.encoder import sentence_transformer
+from ..models.encoder import features, sentence_transformer
 from ..runs import Run
 from .loop import Loop
 
@@ -48,12 +48,8 @@ def train_setfit(run: Run, cfg, spec, options, source, texts: list[str], labels:
     loss_fn = CosineSimilarityLoss(body)
     examples = setfit_pairs(texts, labels, options.pairs_per_row(len(texts)))
 
-    def encode(batch_texts):
-        features = body.preprocess(batch_texts) if hasattr(body, "preprocess") else body.tokenize(batch_texts)
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
-
     def loss_of(batch):
-        columns = [encode([a for a, _, _ in batch]), encode([b for _, b, _ in batch])]
+        columns = [features(body, [a for a, _, _ in batch], device), features(body, [b for _, b, _ in batch], device)]
         return loss_fn(columns, torch.tensor([y for *_, y in batch], device=device))
 
     head_facts: dict[str, Any] = {}
