@@ -211,6 +211,37 @@ def completion_logprobs(model, pad_id: int, contexts: Sequence[list[int]], compl
     return totals
 
 
+def prompt_logprobs(model, pad_id: int, sequences: Sequence[list[int]], top_n: int = 0,
+                    batch_size: int = 8) -> list[tuple[list, list]]:
+    """Each token's log-probability after the tokens before it (the server's ``echo``), and the ``top_n``
+    most likely tokens at each position: ``(logprobs, tops)`` per sequence, the first entry of both None
+    (nothing predicts the first token). Right-padded batches, sorted by length."""
+    import torch
+
+    device = next(model.parameters()).device
+    out: list = [None] * len(sequences)
+    with torch.inference_mode():
+        for batch in _batches(sorted(range(len(sequences)), key=lambda k: len(sequences[k])), batch_size):
+            width = max(len(sequences[k]) for k in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for b, k in enumerate(batch):
+                ids[b, :len(sequences[k])] = torch.tensor(sequences[k], dtype=torch.long)
+                mask[b, :len(sequences[k])] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            logp = logits[:, -width:].float().log_softmax(-1).cpu()  # a learned prompt's virtual tokens come first
+            for b, k in enumerate(batch):
+                n = len(sequences[k])
+                steps, tokens = logp[b, :n - 1], torch.tensor(sequences[k][1:], dtype=torch.long)
+                own = steps.gather(-1, tokens[:, None])[:, 0].tolist()
+                tops: list = [[] for _ in own]
+                if top_n:
+                    values, indices = steps.topk(top_n, -1)
+                    tops = [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
+                out[k] = ([None] + own, [None] + tops)
+    return out
+
+
 # Rows per generate call. On 2 CPU cores a decoding step for 16 rows costs ~2.5x a step for one,
 # so 16 generates 32 rows 1.5x faster than batches of 8 (bench/eval_throughput.py); 32 gained nothing more.
 GENERATE_BATCH = 16
@@ -237,7 +268,8 @@ def generate(model, tokenizer, contexts: Sequence[list[int]], max_new_tokens: in
 @dataclass
 class Generated:
     """One completion: its token ids (up to, not including, the end token), why it stopped, and
-    with ``logprobs`` the log-probability of each token and the ``top`` alternatives at each step."""
+    with ``logprobs`` the log-probability of each token and the ``top`` alternatives at each step
+    (one more entry than ``ids`` when the end token ended it: the end token's own)."""
 
     ids: list[int]
     finish: str  # "stop" (end token or stop string) or "length"
@@ -287,19 +319,21 @@ def generate_tokens(model, tokenizer, contexts: Sequence[list[int]], max_new_tok
             new = out.sequences[:, width:].cpu()
             steps = torch.stack(out.logits, 1).float().log_softmax(-1).cpu() if logprobs is not None else None
             for b, k in enumerate(batch):
-                row, finish = new[b].tolist(), "length"
+                row, finish, scored = new[b].tolist(), "length", None
                 if eos in row:
                     row, finish = row[:row.index(eos)], "stop"
+                    scored = row + [eos]  # the end token's log-probability is kept (echo answers list it)
                 elif stop and row and row[-1] == pad:  # a stop string ended it; the rest is padding
                     row, finish = row[:len(row) - _trailing(row, pad)], "stop"
                 gen = Generated(row, finish)
                 if steps is not None:
-                    gen.logprobs = [float(steps[b, t, tok]) for t, tok in enumerate(row)]
+                    scored = scored or row
+                    gen.logprobs = [float(steps[b, t, tok]) for t, tok in enumerate(scored)]
                     if logprobs:
-                        values, indices = steps[b, :len(row)].topk(logprobs, -1)
+                        values, indices = steps[b, :len(scored)].topk(logprobs, -1)
                         gen.top = [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
                     else:
-                        gen.top = [[] for _ in row]
+                        gen.top = [[] for _ in scored]
                 results[k] = gen
     return results
 

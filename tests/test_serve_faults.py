@@ -33,6 +33,9 @@ def test_a_request_without_max_tokens_gets_the_default_that_fits_the_model():
 
 
 class _Tokenizer:
+    def __len__(self):
+        return 100  # the vocabulary token-id prompts are checked against
+
     def __call__(self, text, add_special_tokens=False):
         return {"input_ids": [1] * len(text.split())}
 
@@ -72,6 +75,31 @@ def test_malformed_fields_are_400s_before_any_work_is_queued(body, param):
     client = TestClient(Server(_Backend()).app())
     answer = client.post("/v1/chat/completions", content=json.dumps(body, allow_nan=True),
                          headers={"content-type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": [], "max_tokens": 1}, "prompt"),
+    ({"prompt": [1, 2.5], "max_tokens": 1}, "prompt"),
+    ({"prompt": [[1, 2], [True]], "max_tokens": 1}, "prompt"),
+    ({"prompt": [[1, 100]], "max_tokens": 1}, "prompt"),  # not in the vocabulary
+    ({"prompt": [[-1]], "max_tokens": 1}, "prompt"),
+    ({"prompt": "", "max_tokens": 1}, "prompt"),
+    ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),  # only an echo request may generate nothing
+    ({"prompt": "hi", "max_tokens": 0, "echo": True, "logprobs": 21}, "logprobs"),
+    ({"prompt": "hi", "echo": True, "stream": True}, "echo"),
+    ({"prompt": "hi", "stop": ["x"] * 17}, "stop"),
+    ({"prompt": "hi", "n": 2}, "n"),
+])
+def test_malformed_completions_are_400s_before_any_work_is_queued(body, param):
+    """What lm-evaluation-harness and vLLM clients send (token ids, echo, max_tokens 0) is read; a
+    malformed variant is a 400 naming the field."""
+    from fastapi.testclient import TestClient
+
+    from nbkit.serve.app import Server
+
+    answer = TestClient(Server(_Backend()).app()).post("/v1/completions", json={"model": "m", **body})
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["param"] == param
 

@@ -1,6 +1,7 @@
 """The HTTP side of ``nbkit serve``: the FastAPI app, its routes, the key check and streaming.
 
-``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models`` and ``GET /health``.
+``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, ``GET /health`` and vLLM's
+``GET /tokenizer_info``, ``POST /tokenize`` and ``POST /detokenize``.
 Requests are read and checked with :mod:`nbkit.serve.protocol`, handed to the
 :class:`~nbkit.serve.backend.Backend`'s worker, and answered (or streamed as server-sent events).
 """
@@ -13,7 +14,7 @@ import uuid
 
 from ..errors import MissingDependencyError
 from .backend import Backend, GenerationRequest
-from .protocol import (HTTPError, answer_body, chat_prompt, completion_prompts, first_stop, generation_failed,
+from .protocol import (HTTPError, answer_body, chat_prompt, check_ids, completion_prompts, first_stop, generation_failed,
                        read_max_tokens, read_number, read_sampling, stop_prefix, usage_of)
 
 
@@ -56,6 +57,35 @@ class Server:
         async def completions(request: Request):
             return await self._complete(request, chat=False)
 
+        # vLLM's tokenizer endpoints: lm-evaluation-harness's `tokenizer_backend=remote` needs no local copy
+        @app.get("/tokenizer_info")
+        async def tokenizer_info(request: Request):
+            self._check_key(request)
+            tok = self.backend.tokenizer(self._named(request.query_params.get("model")))
+            return {"tokenizer_class": type(tok).__name__, "chat_template": getattr(tok, "chat_template", None),
+                    "model_max_length": self.backend.context_length(self.backend.base),
+                    **{k: getattr(tok, k, None) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}}
+
+        @app.post("/tokenize")
+        async def tokenize(request: Request):
+            self._check_key(request)
+            body = await self._body(request)
+            tok = self.backend.tokenizer(self._named(body.get("model")))
+            if not isinstance(body.get("prompt"), str):
+                raise HTTPError(400, "prompt must be a string", param="prompt")
+            ids = tok(body["prompt"], add_special_tokens=bool(body.get("add_special_tokens", True)))["input_ids"]
+            return {"tokens": ids, "count": len(ids), "max_model_len": self.backend.context_length(self.backend.base)}
+
+        @app.post("/detokenize")
+        async def detokenize(request: Request):
+            self._check_key(request)
+            body = await self._body(request)
+            tok = self.backend.tokenizer(self._named(body.get("model")))
+            ids = body.get("tokens")
+            if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+                raise HTTPError(400, "tokens must be a list of token ids", param="tokens")
+            return {"prompt": tok.decode(check_ids(ids, len(tok)))}
+
         @app.get("/health")
         async def health():
             return {"status": "ok", "served": self.backend.served, "abandoned": self.backend.abandoned,
@@ -91,25 +121,37 @@ class Server:
             raise HTTPError(400, "the request body must be a JSON object")
         return body
 
+    def _named(self, name) -> str:
+        """A served model's name (the base model when none is given), or a 404."""
+        if name is None:
+            return self.backend.base
+        if name not in self.backend.targets:
+            raise HTTPError(404, f"model {name!r} is not served here; models: {', '.join(self.backend.targets)}",
+                            param="model", code="model_not_found")
+        return name
+
     def _job(self, body: dict, chat: bool) -> tuple[GenerationRequest, dict]:
         name = body.get("model")
         if not isinstance(name, str):
             raise HTTPError(400, f"model must be a model name (a string), got {json.dumps(name)[:80]}", param="model")
-        if name not in self.backend.targets:
-            raise HTTPError(404, f"model {name!r} is not served here; models: {', '.join(self.backend.targets)}",
-                            param="model", code="model_not_found")
-        tok = self.backend.tokenizer(name)
+        tok = self.backend.tokenizer(self._named(name))
         limits = self.backend.limits
         if read_number(body, "n", 1, 1, 1, int) != 1:
             raise HTTPError(400, "n must be 1", param="n")
-        max_tokens = read_max_tokens(body, limits.max_tokens, chat, limits.default_max_tokens)
+        echo = not chat and bool(body.get("echo"))
+        max_tokens = read_max_tokens(body, limits.max_tokens, chat, limits.default_max_tokens, least=0 if echo else 1)
         options = read_sampling(body)
         if chat:
             text, logprobs = chat_prompt(body, tok)
             prompts = [text]
         else:
             prompts, logprobs = completion_prompts(body, limits.max_batch)
-        contexts = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        contexts = [tok(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else check_ids(p, len(tok))
+                    for p in prompts]
+        if not all(contexts):
+            raise HTTPError(400, "a prompt is empty", param="messages" if chat else "prompt")
+        if echo and body.get("stream"):
+            raise HTTPError(400, "echo is not supported with stream", param="echo")
         room = self.backend.context_length(name)
         for c in contexts:
             if len(c) + max_tokens > room:
@@ -120,7 +162,9 @@ class Server:
         if body.get("stream_options") is not None and not isinstance(body.get("stream_options"), dict):
             raise HTTPError(400, "stream_options must be an object like {\"include_usage\": true}",
                             param="stream_options")
-        return GenerationRequest(name, contexts, max_tokens, logprobs=logprobs, **options), {"name": name, "tokenizer": tok}
+        texts = [p if isinstance(p, str) else None for p in prompts]
+        job = GenerationRequest(name, contexts, max_tokens, logprobs=logprobs, echo=echo, texts=texts, **options)
+        return job, {"name": name, "tokenizer": tok}
 
     async def _complete(self, request, chat: bool):
         self._check_key(request)

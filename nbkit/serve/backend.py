@@ -42,6 +42,9 @@ class GenerationRequest:
     logprobs: int | None = None
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    echo: bool = False  # completions: answer with the prompt first, and with logprobs its tokens' own
+    texts: list = field(default_factory=list)  # each prompt as sent when it was text (None: token ids)
+    echoed: list | None = None  # echo with logprobs: (logprobs, tops) of each prompt's tokens
     streamer: Any = None
     result: list | None = None
     error: BaseException | None = None
@@ -55,7 +58,7 @@ class GenerationRequest:
 
     @property
     def batchable(self) -> bool:
-        return self.temperature == 0 and self.streamer is None and self.seed is None
+        return self.temperature == 0 and self.streamer is None and self.seed is None and not self.echo
 
 
 class Backend:
@@ -69,6 +72,7 @@ class Backend:
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, runs: Sequence[str] = (), limits: Limits | None = None):
+        from ..encoding import run_tokenizer
         from ..predict import run_model
         from ..models import load_model
         from ..session import get_run
@@ -85,10 +89,13 @@ class Backend:
             if not run.is_full_model and base != model:
                 raise ConfigError("run", f"{run.name!r} was trained on {base!r}, not on the served base {model!r}; "
                                   f"serve it with --model {base}")
-            found[run.name] = (base, quantize, adapter)
+            found[run.name] = (base, quantize, adapter, run.chat)
         self.targets: dict[str, tuple[Any, Any]] = {model: (load_model(model), None)}
-        for name, (base, quantize, adapter) in found.items():
+        self.tokenizers = {model: self.targets[model][0].tokenizer}
+        for name, (base, quantize, adapter, chat) in found.items():
             self.targets[name] = (load_model(base, quantize=quantize), adapter)
+            # a run's chat requests are framed with the chat template it trained with (its chat.json)
+            self.tokenizers[name] = run_tokenizer(chat, self.targets[name][0].tokenizer, name)
         self.queue: queue.Queue = queue.Queue()
         self.served = 0
         self.abandoned = 0  # requests stopped (or skipped) because their client went away
@@ -96,7 +103,7 @@ class Backend:
         threading.Thread(target=self._work, name="nbkit-serve", daemon=True).start()
 
     def tokenizer(self, name: str):
-        return self.targets[name][0].tokenizer
+        return self.tokenizers[name]
 
     def context_length(self, name: str) -> int:
         config = self.targets[name][0].model.config
@@ -139,7 +146,7 @@ class Backend:
     def _run(self, batch: list[GenerationRequest]) -> None:
         import torch
 
-        from ..inference import generate_tokens
+        from ..inference import Generated, generate_tokens, prompt_logprobs
 
         first = batch[0]
         loaded, adapter = self.targets[first.model]
@@ -149,12 +156,16 @@ class Backend:
                 torch.manual_seed(first.seed)
             with loaded.adapter(adapter) as lm:
                 contexts = [c for j in batch for c in j.contexts]
+                if first.echo and first.logprobs is not None:  # an echo request is never batched with others
+                    first.echoed = prompt_logprobs(lm, loaded.tokenizer.pad_token_id, contexts, first.logprobs,
+                                                   batch_size=self.limits.max_batch)
+                longest = max(j.max_tokens for j in batch)
                 generated = generate_tokens(
-                    lm, loaded.tokenizer, contexts, max(j.max_tokens for j in batch), batch_size=len(contexts),
+                    lm, loaded.tokenizer, contexts, longest, batch_size=len(contexts),
                     logprobs=max(wanted) if wanted else None, temperature=first.temperature, top_p=first.top_p,
                     stop=first.stop, streamer=first.streamer,
                     should_stop=lambda: self.stopping or all(j.over() for j in batch),
-                )
+                ) if longest else [Generated([], "length", [], []) for _ in contexts]  # echo alone
             start = 0
             for j in batch:
                 j.result = [_cut(g, j.max_tokens) for g in generated[start:start + len(j.contexts)]]

@@ -43,13 +43,14 @@ def read_number(body: dict, name: str, default, low, high, kind=float):
 
 
 def read_stops(body: dict) -> list[str]:
-    """The request's stop strings (``stop``: a string or up to 4 of them)."""
+    """The request's stop strings (``stop``: a string or a list; OpenAI allows 4, vLLM and llama.cpp more,
+    and lm-evaluation-harness sends a task's own list and the end token, so up to 16 are taken)."""
     stop = body.get("stop")
     if stop is None:
         return []
     stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
-        raise HTTPError(400, "stop must be a string or a list of at most 4 non-empty strings", param="stop")
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 16:
+        raise HTTPError(400, "stop must be a string or a list of at most 16 non-empty strings", param="stop")
     return stop
 
 
@@ -66,14 +67,15 @@ def message_text(message: dict, index: int) -> str:
     return content
 
 
-def read_max_tokens(body: dict, limit: int, chat: bool, default: int | None = None) -> int:
-    """``max_completion_tokens`` or ``max_tokens``, at most ``limit`` (default: ``default`` for chat, else 16)."""
+def read_max_tokens(body: dict, limit: int, chat: bool, default: int | None = None, least: int = 1) -> int:
+    """``max_completion_tokens`` or ``max_tokens``, at most ``limit`` (default: ``default`` for chat, else 16);
+    ``least`` is 0 for an ``echo`` request (its prompt's log-probabilities alone)."""
     asked = body.get("max_completion_tokens", body.get("max_tokens"))
     if asked is not None and not isinstance(asked, bool) and isinstance(asked, int) and asked > limit:
         raise HTTPError(400, f"max_tokens is {asked}; this server allows at most {limit} (nbkit serve --max-tokens)",
                         param="max_tokens")
     fallback = min(default or limit, limit) if chat else min(16, limit)
-    return read_number({"max_tokens": asked}, "max_tokens", fallback, 1, limit, int)
+    return read_number({"max_tokens": asked}, "max_tokens", fallback, least, limit, int)
 
 
 def read_sampling(body: dict) -> dict:
@@ -107,17 +109,38 @@ def chat_prompt(body: dict, tokenizer) -> tuple[str, int | None]:
     return text, logprobs
 
 
-def completion_prompts(body: dict, max_batch: int) -> tuple[list[str], int | None]:
-    """A completion request's prompts (``prompt``: a string or a list) and its ``logprobs``."""
+def completion_prompts(body: dict, max_batch: int) -> tuple[list, int | None]:
+    """A completion request's prompts and its ``logprobs``.
+
+    ``prompt`` is a string, a list of strings, a list of token ids (one prompt) or a list of such
+    lists, as in OpenAI's API; lm-evaluation-harness sends token ids. Each prompt comes back as a
+    string or a list of ids.
+    """
     prompt = body.get("prompt")
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise HTTPError(400, "prompt must be a string or a non-empty list of strings", param="prompt")
+    if isinstance(prompt, str) or _is_ids(prompt):
+        prompts = [prompt]
+    else:
+        prompts = prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) or _is_ids(p) for p in prompts):
+        raise HTTPError(400, "prompt must be a string, a list of strings, a list of token ids or a list of such lists",
+                        param="prompt")
     if len(prompts) > max_batch:
         raise HTTPError(400, f"at most {max_batch} prompts per request", param="prompt")
-    if body.get("echo"):
-        raise HTTPError(400, "echo is not supported", param="echo")
     return prompts, read_number(body, "logprobs", None, 0, 20, int)
+
+
+def _is_ids(value) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in value))
+
+
+def check_ids(ids: list[int], vocabulary: int) -> list[int]:
+    """A token-id prompt, checked against the model's vocabulary size."""
+    bad = [t for t in ids if not 0 <= t < vocabulary]
+    if bad:
+        raise HTTPError(400, f"token id {bad[0]} is not in the model's vocabulary (0 to {vocabulary - 1})",
+                        param="prompt")
+    return ids
 
 
 # -- stop strings ------------------------------------------------------------------------
@@ -163,7 +186,7 @@ def _logprobs(g, ids: list[int], pieces: list[str], top_n: int, tok, chat: bool)
 
 
 def _choice(index: int, g, job, tok, chat: bool) -> dict:
-    """One generated completion as a choice, cut at the first stop string."""
+    """One generated completion as a choice, cut at the first stop string (``echo``: after its prompt)."""
     text, ids, finish = tok.decode(g.ids, skip_special_tokens=True), g.ids, g.finish
     cut = first_stop(text, job.stop)
     if cut is not None:
@@ -174,11 +197,37 @@ def _choice(index: int, g, job, tok, chat: bool) -> dict:
         ids = ids[:keep]
     logprobs = None
     if job.logprobs is not None:
-        logprobs = _logprobs(g, ids, [tok.decode([t]) for t in ids], job.logprobs, tok, chat)
+        pieces = [tok.decode([t]) for t in ids]
+        if job.echo and cut is None and g.logprobs is not None and len(g.logprobs) > len(ids):  # ended by the end
+            # token: an echo answer lists it (lm-evaluation-harness drops the last token of max_tokens 1)
+            ids, pieces = ids + [tok.eos_token_id], pieces + [tok.eos_token or ""]
+        logprobs = _logprobs(g, ids, pieces, job.logprobs, tok, chat)
     if chat:
         return {"index": index, "message": {"role": "assistant", "content": text},
                 "finish_reason": finish, "logprobs": logprobs}
+    if job.echo:
+        text, logprobs = _echoed(index, job, tok, text, logprobs)
     return {"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}
+
+
+def _echoed(index: int, job, tok, text: str, logprobs: dict | None) -> tuple[str, dict | None]:
+    """An ``echo`` choice: the prompt before the completion, and its tokens' log-probabilities before the
+    completion's (the first token's ``null``: nothing predicts it), as OpenAI's and vLLM's answers."""
+    context = job.contexts[index]
+    prompt = job.texts[index] if job.texts[index] is not None else tok.decode(context)
+    if logprobs is None:
+        return prompt + text, None
+    own, tops = job.echoed[index]
+    pieces = [tok.decode([t]) for t in context]
+    offsets, at = [], 0
+    for p in pieces:
+        offsets.append(at)
+        at += len(p)
+    return prompt + text, {
+        "tokens": pieces + logprobs["tokens"], "token_logprobs": own + logprobs["token_logprobs"],
+        "top_logprobs": [None] + [{tok.decode([i]): v for i, v in top[:job.logprobs]} for top in tops[1:]]
+        + logprobs["top_logprobs"],
+        "text_offset": offsets + [at + o for o in logprobs["text_offset"]]}
 
 
 def answer_body(job, tok, ident: str, name: str, chat: bool) -> dict:
