@@ -8,14 +8,61 @@ scored on.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import warnings
 from typing import Mapping, Sequence
 
+from .errors import ConfigError
 from .prompts import Prompt
 
 
 def end_text(tokenizer) -> str:
     """What ends a completion: the end-of-turn / end-of-sequence token."""
     return tokenizer.eos_token or ""
+
+
+# -- the chat framing a run trained with ----------------------------------------------------
+SPECIAL = ("bos_token", "eos_token", "pad_token")
+
+
+def chat_facts(tokenizer) -> dict:
+    """What a run's text framing depends on, as its ``chat.json`` records it: the exact chat template,
+    the special tokens (and their ids) and the text that ends every completion it learned."""
+    facts = {"chat_template": getattr(tokenizer, "chat_template", None), "end": end_text(tokenizer)}
+    for name in SPECIAL:
+        facts[name] = getattr(tokenizer, name, None)
+        facts[f"{name}_id"] = getattr(tokenizer, f"{name}_id", None)
+    return facts
+
+
+def _digest(text) -> str:
+    return "none" if text is None else hashlib.sha256(str(text).encode()).hexdigest()[:12]
+
+
+def run_tokenizer(recorded: Mapping | None, tokenizer, run_name: str):
+    """The tokenizer to frame ``run_name``'s text with: ``tokenizer`` when it matches what the run
+    ``recorded`` (its ``chat.json``; older runs have none), else a copy carrying the recorded chat template.
+
+    A changed chat template is replaced by the recorded one, with a warning naming both; changed
+    special tokens (another end token: the run would never stop) are refused.
+    """
+    if not recorded:
+        return tokenizer
+    now = chat_facts(tokenizer)
+    changed = [k for k in (*SPECIAL, "end") if k in recorded and recorded[k] != now[k]]
+    if changed:
+        raise ConfigError("model", f"run {run_name!r} was trained with {changed[0]} {recorded[changed[0]]!r}, but "
+                          f"the model's tokenizer now has {now[changed[0]]!r}: its answers would not end where it "
+                          "learned to end them; use the tokenizer it was trained with")
+    if recorded.get("chat_template") == now["chat_template"]:
+        return tokenizer
+    warnings.warn(f"run {run_name!r} was trained with chat template {_digest(recorded.get('chat_template'))}; the "
+                  f"model's tokenizer now has {_digest(now['chat_template'])}: using the recorded one "
+                  "(chat.json in the run)", stacklevel=2)
+    framed = copy.copy(tokenizer)
+    framed.chat_template = recorded.get("chat_template")
+    return framed
 
 
 def encode(prompt: Prompt, row: Mapping, tokenizer, shots: Sequence[Mapping] = (), target: str | None = None):

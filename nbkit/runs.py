@@ -8,6 +8,8 @@
 - ``config.json``       the full, validated configuration (sorted keys)
 - ``prompt.json``       the prompt it was trained with
 - ``data.json``         the data spec, row counts and a fingerprint of the training split
+- ``chat.json``         decoder runs: the exact chat template and special tokens it trained with
+                        (evaluation, ``nbkit serve`` and exports frame the run's text with these)
 - ``tasks.json``        multi-task runs: each task's name, prompt, data spec, weight and rows
 - ``metrics.jsonl``     one line per logged step
 - ``dev.jsonl``         one line per evaluation on held-out data during training (``--dev``)
@@ -95,6 +97,12 @@ class Run:
     @property
     def prompt(self) -> dict:
         return self._read("prompt.json", {})
+
+    @property
+    def chat(self) -> dict:
+        """The chat template and special tokens it trained with (``chat.json``; empty for older runs
+        and for encoder runs)."""
+        return self._read("chat.json", {})
 
     @property
     def tasks(self) -> list[dict]:

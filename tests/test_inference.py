@@ -92,3 +92,40 @@ def test_perplexity_of_the_expected_text_matches_the_models_own_loss(smol):
         loss = base(input_ids=ids, labels=labels).loss  # mean NLL of the target tokens
     assert report.frame.loc["free", "perplexity"] == pytest.approx(math.exp(float(loss)), rel=1e-4)
     assert report.info["metrics"] == ["perplexity", "token_f1"]
+
+
+def test_prompt_logprobs_are_each_tokens_own_after_the_ones_before(smol):
+    """The server's `echo`: every prompt token's log-probability (the first None), batched and padded
+    as several prompts of different lengths, equal to one forward pass per prompt."""
+    from nbkit.inference import prompt_logprobs
+
+    tok = smol.tokenizer
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in
+               ("The capital of France is Paris.", "1, 2, 3", "Once upon a time there was a small dragon who")]
+    got = prompt_logprobs(smol.model, tok.pad_token_id, prompts, top_n=3, batch_size=2)
+    for ids, (own, tops) in zip(prompts, got):
+        assert own[0] is None and tops[0] is None and len(own) == len(tops) == len(ids)
+        with torch.no_grad():
+            logp = smol.model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+        expected = [logp[t - 1, ids[t]].item() for t in range(1, len(ids))]
+        assert np.allclose(own[1:], expected, atol=1e-4)
+        assert [i for i, _ in tops[2]] == logp[1].topk(3).indices.tolist()
+
+
+def test_a_run_is_framed_with_the_chat_template_it_recorded(smol):
+    """chat.json: the same tokenizer passes as it is; another chat template is replaced by the recorded
+    one with a warning naming both (the loaded tokenizer untouched); another end token is refused."""
+    from nbkit.encoding import chat_facts, run_tokenizer
+    from nbkit.errors import ConfigError
+
+    tok = smol.tokenizer
+    recorded = chat_facts(tok)
+    assert recorded["eos_token"] == "<|im_end|>" and "<|im_start|>" in recorded["chat_template"]
+    assert run_tokenizer(recorded, tok, "r") is tok and run_tokenizer({}, tok, "old") is tok
+    changed = {**recorded, "chat_template": recorded["chat_template"].replace("<|im_start|>", "<|im_start|> ")}
+    with pytest.warns(UserWarning, match="run 'r' was trained with chat template [0-9a-f]{12}; .* now has [0-9a-f]{12}"):
+        framed = run_tokenizer(changed, tok, "r")
+    assert framed.chat_template == changed["chat_template"] and tok.chat_template == recorded["chat_template"]
+    assert framed("hi")["input_ids"] == tok("hi")["input_ids"]
+    with pytest.raises(ConfigError, match="trained with eos_token '</s>'"):
+        run_tokenizer({**recorded, "eos_token": "</s>"}, tok, "r")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..config import DEFAULT_MODEL
+from ..encoding import run_tokenizer
 from ..errors import ConfigError
 from ..methods import get_method
 from ..models import family_of, load_model
@@ -72,8 +73,10 @@ class Prediction:
 
 def _decoder(target: Target, prompt, rows, train_rows, settings: Mapping) -> Prediction:
     loaded = load_model(target.model, quantize=target.quantize)
+    tokenizer = loaded.tokenizer if target.run is None else run_tokenizer(target.run.chat, loaded.tokenizer,
+                                                                          target.run.name)
     with loaded.adapter(target.adapter) as lm:
-        return Prediction(predict_decoder(lm, loaded.tokenizer, prompt, rows, train_rows, settings["scoring"],
+        return Prediction(predict_decoder(lm, tokenizer, prompt, rows, train_rows, settings["scoring"],
                                           settings["batch_size"], perplexity=settings["perplexity"]))
 
 

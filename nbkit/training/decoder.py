@@ -22,7 +22,8 @@ from ..jobfiles import write_job
 from ..memory import estimate_training
 from ..methods import BuildContext, method_for
 from ..models import load_model, load_tokenizer, model_config, pick_device, quantization_config
-from ..runs import Run, free_name, runs_dir
+from ..encoding import chat_facts
+from ..runs import Run, free_name, runs_dir, write_json
 from ..session import get_prompt, remember_run
 from .callbacks import Bridge, SoftInterrupt, Terminated, check_finite, finish, last_checkpoint
 from .dev import DevEvaluator, TaskLosses, TasksEvaluator
@@ -84,7 +85,7 @@ def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str
                        BuildContext(tokenizer=loaded.tokenizer, prompt=tasks[0].prompt, model_path=model_path))
     trainable, total = count_parameters(model)
     memory = estimate(model_cfg, spec, cfg, loaded, trainable, batches.examples)
-    run = open_run(cfg, tasks, world, overwrite=overwrite, resume=resume)
+    run = open_run(cfg, tasks, world, loaded.tokenizer, overwrite=overwrite, resume=resume)
     try:
         trainer = build_trainer(model, loaded, batches.examples, cfg, run, spec, batches.dev_eval,
                                 batches.task_losses)
@@ -131,12 +132,15 @@ class Batches:
         return cls(found, truncated, dev_eval, task_losses)
 
 
-def open_run(cfg: TuneConfig, tasks: list[Task], world, *, overwrite: bool, resume: bool) -> Run:
-    """The run directory, made (or reopened to resume) by the first process; the others wait for it."""
+def open_run(cfg: TuneConfig, tasks: list[Task], world, tokenizer, *, overwrite: bool, resume: bool) -> Run:
+    """The run directory, made (or reopened to resume) by the first process; the others wait for it.
+    Beside the inputs, ``chat.json``: the chat template and special tokens its text is framed with."""
     distributed.barrier(world)
     if world.main:
         run = Run.create(cfg.name, overwrite=overwrite, resume=resume)
         write_inputs(run, cfg, tasks, resume)
+        if not resume:
+            write_json(run.path / "chat.json", chat_facts(tokenizer))
     distributed.barrier(world)
     return Run(runs_dir() / cfg.name)
 
