@@ -98,7 +98,7 @@ def _export(args) -> int:
     from .exports import export
 
     result = export(args.run, args.out or f"{args.run.rstrip('/').split('/')[-1]}-export", merge=args.merge,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, format=args.format, gguf_type=args.gguf_type)
     print(f"nbkit: {result!r}")
     return 0
 
@@ -160,6 +160,10 @@ def main(argv=None) -> int:
     exp.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
                      help="fold the adapter into the base weights (default); --no-merge copies the adapter")
     exp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    exp.add_argument("--format", default="hf", choices=["hf", "gguf"],
+                     help="hf: a transformers model folder (default); gguf: one .gguf file and an Ollama Modelfile")
+    exp.add_argument("--gguf-type", default="f16", choices=["f16", "q8_0", "f32", "bf16"],
+                     help="the GGUF's weight type (default f16; q8_0 is about half the size)")
     srv = sub.add_parser("serve", help="serve the base model and tuned runs over the OpenAI API")
     srv.add_argument("--model", default="smollm2-135m", help="base model spec (default smollm2-135m)")
     srv.add_argument("--run", action="append", default=[], help="a run to serve under its name (repeatable)")
