@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Prompt", "Run", "Report", "tune", "evaluate", "search_prompts", "prompt_vs_finetune", "generate", "export",
-    "load_model", "load_data", "index", "load_ipython_extension", "__version__",
+    "load_model", "load_data", "index", "lm_eval_task", "load_ipython_extension", "__version__",
 ]
 
 # name -> module that defines it; resolved on first access (PEP 562)
@@ -18,7 +18,7 @@ _LAZY = {
     "Prompt": "prompts", "tune": "training", "TuneConfig": "config", "evaluate": "evaluation",
     "generate": "evaluation", "Report": "results", "Generations": "results", "Run": "runs",
     "load_model": "models", "load_data": "data", "export": "exports", "search_prompts": "search",
-    "prompt_vs_finetune": "versus", "index": "retrieval", "Index": "retrieval",
+    "prompt_vs_finetune": "versus", "index": "retrieval", "Index": "retrieval", "lm_eval_task": "evaluation",
 }
 
 

@@ -126,3 +126,30 @@ def test_nearest_shots_are_the_most_similar_training_rows():
     with pytest.raises(ConfigError) as e:
         Prompt("{{ text }}", shots=9, selection="nearest").shots_for([row], pool)
     assert e.value.field == "shots"
+
+
+def test_lm_eval_task_holds_the_text_evaluate_scores(tmp_path):
+    """The lm-eval task's contexts are nbkit's (chat markup and shots included), its choices the
+    completions nbkit scores, its gold the target's index; a prompt without choices is refused."""
+    import json
+
+    import yaml
+
+    from nbkit.data import load_data
+    from nbkit.errors import ConfigError
+    from nbkit.evaluation import lm_eval_task
+    from nbkit.models import load_tokenizer
+
+    prompt = Prompt("Review: {{ text }}\nPositive or negative?", name="sent-1", target="{{ label }}",
+                    choices=["positive", "negative"], shots=2)
+    folder = lm_eval_task(prompt, "sample:sentiment", tmp_path / "task", limit=5)
+    spec = yaml.safe_load((folder / "nbkit_sent_1.yaml").read_text())
+    assert spec["task"] == "nbkit_sent_1" and spec["output_type"] == "multiple_choice"
+    docs = [json.loads(line) for line in open(spec["dataset_kwargs"]["data_files"]["test"])]
+    splits, tok = load_data("sample:sentiment"), load_tokenizer("smollm2-135m")
+    rows, train = list(splits["test"])[:5], list(splits["train"])
+    assert [d["context"] for d in docs] == [prompt.format(r, tok, s) for r, s in zip(rows, prompt.shots_for(rows, train))]
+    assert docs[0]["choices"] == ["positive", "negative"] and "<|im_start|>" in docs[0]["context"]
+    assert [d["gold"] for d in docs] == [prompt.choices.index(r["label"]) for r in rows]
+    with pytest.raises(ConfigError, match="has no choices"):
+        lm_eval_task(Prompt("{{ text }}", name="free", target="{{ label }}"), "sample:sentiment", tmp_path / "x")

@@ -149,3 +149,112 @@ def test_the_key_is_written_nowhere(served, ip, tmp_path, monkeypatch, capsys):
         assert KEY.encode() not in path.read_bytes(), f"the API key is in {path}"
     for text in texts:
         assert KEY not in text
+
+
+# -- real clients: lm-evaluation-harness and DSPy --------------------------------------------
+def test_lm_eval_scores_the_served_run_as_evaluate_and_its_own_hf_model_do(served, tmp_path):
+    """lm-evaluation-harness's `local-completions` (echo + logprobs + token-id prompts against
+    /v1/completions, its tokenizer from /tokenize) and its `hf` model with `peft=` on the same weights,
+    beside %evaluate: the same accuracy and the same answer on every row."""
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    from nbkit.models.decoder import resolve
+
+    run, url = served["run"], served["url"]
+    local = nbkit.evaluation.evaluate(run=run, data="sample:sentiment", limit=40)
+    tasks = TaskManager(include_path=str(nbkit.evaluation.lm_eval_task(sentiment(), "sample:sentiment", tmp_path,
+                                                                       limit=40)))
+    weights = resolve("smollm2-135m")[1]
+    # the tokenizer too comes from the server (vLLM's /tokenize endpoints): no local copy of the model
+    served_args = f"model=served,base_url={url}/completions,tokenizer_backend=remote,auth_token={KEY},max_retries=1"
+    remote = lm_eval.simple_evaluate(model="local-completions", model_args=served_args, tasks=["nbkit_sentiment"],
+                                     task_manager=tasks, log_samples=True)
+    hf = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={weights},peft={run.adapter_path},dtype=float32",
+                                 tasks=["nbkit_sentiment"], task_manager=tasks, device="cpu", log_samples=True)
+    accuracy = local.frame.loc["sentiment + served", "accuracy"]
+    assert remote["results"]["nbkit_sentiment"]["acc,none"] == pytest.approx(accuracy, abs=1e-9)
+    assert hf["results"]["nbkit_sentiment"]["acc,none"] == pytest.approx(accuracy, abs=1e-9)
+    outputs = list(local.predictions["sentiment + served"]["output"])
+    for result in (remote, hf):  # row for row, not only the same count
+        samples = sorted(result["samples"]["nbkit_sentiment"], key=lambda s: s["doc_id"])
+        picked = [sentiment().choices[max(range(2), key=lambda j: s["filtered_resps"][j][0])] for s in samples]
+        assert picked == outputs
+
+
+def test_dspy_runs_a_predict_and_labeled_few_shot_on_the_served_run(served, monkeypatch):
+    """DSPy's own client (dspy.LM, through litellm) against the served run: a typed Predict compiled
+    with LabeledFewShot, scored with dspy.Evaluate; every answer parses into one of the labels."""
+    from typing import Literal
+
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm would fetch its price list
+    dspy = pytest.importorskip("dspy")
+    from nbkit.data import load_data
+
+    class Sentiment(dspy.Signature):
+        """Is this review positive or negative?"""
+
+        review: str = dspy.InputField()
+        sentiment: Literal["positive", "negative"] = dspy.OutputField()
+
+    data = load_data("sample:sentiment")
+    examples = {split: [dspy.Example(review=r["text"], sentiment=r["label"]).with_inputs("review")
+                        for r in list(data[split])[:8]] for split in ("train", "test")}
+    lm = dspy.LM("openai/served", api_base=served["url"], api_key=KEY, cache=False, temperature=0, max_tokens=48,
+                 num_retries=0)
+    program = dspy.LabeledFewShot(k=4).compile(dspy.Predict(Sentiment), trainset=examples["train"])
+    with dspy.context(lm=lm):
+        answers = [program(review=ex.review).sentiment for ex in examples["test"]]
+        score = dspy.Evaluate(devset=examples["test"], num_threads=1)(
+            program, metric=lambda ex, pred, trace=None: ex.sentiment == pred.sentiment)
+    assert set(answers) <= {"positive", "negative"} and len(answers) == 8
+    expected = 100 * sum(a == ex.sentiment for a, ex in zip(answers, examples["test"])) / 8
+    assert float(score.score if hasattr(score, "score") else score) == pytest.approx(expected)
+    assert all(h["model"] == "openai/served" for h in lm.history) and len(lm.history) >= 8
+
+
+def test_a_tuned_run_records_its_chat_framing_and_learns_to_stop(served, client):
+    """chat.json holds the template and end token it trained with; asked its training prompts through
+    the chat API (the recorded template), the run answers a label and then the end token, long before
+    max_tokens (finish_reason "stop", not "length")."""
+    from nbkit.data import load_data
+    from nbkit.encoding import chat_facts
+    from nbkit.models.decoder import load_tokenizer
+
+    run = served["run"]
+    assert run.chat == chat_facts(load_tokenizer("smollm2-135m")) and run.chat["end"] == "<|im_end|>"
+    for row in list(load_data("sample:sentiment")["train"])[:6]:
+        answer = client.chat.completions.create(model="served", messages=sentiment().messages(row), max_tokens=16,
+                                                temperature=0)
+        choice = answer.choices[0]
+        assert choice.finish_reason == "stop" and answer.usage.completion_tokens < 16, choice
+        assert choice.message.content.strip() in ("positive", "negative")
+
+
+def test_a_run_exported_as_gguf_generates_as_the_run(served, tmp_path):
+    """`nbkit export RUN --format gguf`: one file with the tokenizer and the run's chat template inside
+    and an Ollama Modelfile beside it; transformers loads it (gguf_file=) and answers the run's own
+    training prompts greedily with the run's tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nbkit.data import load_data
+    from nbkit.exports import export
+    from nbkit.inference import generate
+
+    run = served["run"]
+    result = export(run, tmp_path / "gguf", format="gguf")
+    assert result.gguf == tmp_path / "gguf" / "served-f16.gguf" and result.gguf.stat().st_size > 100e6
+    assert sorted(p.name for p in result.path.iterdir()) == ["Modelfile", "nbkit_export.json", "served-f16.gguf"]
+    assert 'PARAMETER stop "<|im_end|>"' in (result.path / "Modelfile").read_text()
+    tok = AutoTokenizer.from_pretrained(result.path, gguf_file=result.gguf.name)
+    assert tok.chat_template == run.chat["chat_template"]
+    model = AutoModelForCausalLM.from_pretrained(result.path, gguf_file=result.gguf.name).eval()
+    prompt = sentiment()
+    rows = list(load_data("sample:sentiment")["train"])[:6]
+    ours = nbkit.evaluation.generate(prompt, "sample:sentiment", adapter=run, split="train", limit=6,
+                                     max_new_tokens=8).outputs
+    contexts = [tok(prompt.format(r, tok), add_special_tokens=False)["input_ids"] for r in rows]
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    assert generate(model, tok, contexts, max_new_tokens=8) == ours
+    assert set(ours) <= {"positive", "negative"}

@@ -23,10 +23,11 @@ from ..prompts import Prompt
 from ..results import Generations, Report, keep_report
 from ..runs import Run
 from ..session import get_prompt, get_run
+from .harness import lm_eval_task
 from .retrieval import evaluate_retrieval
 from .targets import as_list, metrics_for, prepared, rows_of, run_task, targets
 
-__all__ = ["evaluate", "evaluate_retrieval", "generate", "metrics_for", "run_task", "score"]
+__all__ = ["evaluate", "evaluate_retrieval", "generate", "lm_eval_task", "metrics_for", "run_task", "score"]
 
 
 def evaluate(
