@@ -104,8 +104,14 @@ class NbkitMagics(Magics):
             raise UsageError("--prompt is needed: which prompt formats the data?")
         prompts = args.prompt[0] if args.prompt and len(args.prompt) == 1 else args.prompt
         datas = args.data if len(args.data) > 1 else args.data[0]
+        keywords = tune_keywords(args)
+        if args.seeds is not None:
+            if args.seeds < 1:
+                raise UsageError(f"--seeds must be a positive number of runs, got {args.seeds}")
+            keywords["seeds"] = list(range(keywords.pop("seed"), args.seed + args.seeds))
         run = tune(prompts, datas, task=args.task, resume=args.resume, overwrite=args.overwrite, export=args.export,
-                   namespace=self.shell.user_ns, callbacks=callbacks(args.progress), **tune_keywords(args))
+                   namespace=self.shell.user_ns, callbacks=callbacks(args.progress, per_run=args.seeds is not None),
+                   **keywords)
         if args.export:
             print(f"wrote {run}; run it with: nbkit tune --config {run}  "
                   f"(or torchrun --nproc-per-node N -m nbkit tune --config {run})")

@@ -160,6 +160,9 @@ def tune_arguments() -> list:
                                          "not take is an error"),
         *(option_argument(f) for f in option_fields().values()),
         argument_group("notebook"),
+        argument("--seeds", type=int, metavar="N",
+                 help="train N runs, seeds --seed .. --seed+N-1, named NAME-s<seed> (how far the seed alone moves "
+                      "the result: %%evaluate them together)"),
         argument("--resume", action="store_true", help="continue run --name from its last checkpoint"),
         argument("--overwrite", action="store_true", help="replace an existing run of the same name"),
         argument("--export", metavar="FILE.yaml",
@@ -235,6 +238,8 @@ EVALUATE_ARGUMENTS = [
     argument("--shots", help="--search: numbers of few-shot examples to try, e.g. 0,2,4; --versus: examples "
                              "in the few-shot prompt, and the most the search tries"),
     argument("--selection", help="--search: how shots are chosen: random, balanced, nearest (comma-separated)"),
+    argument("--formats", help="--search: chat (the model's chat template) and/or plain (the text as it is), "
+                               "comma-separated; each template is tried in each"),
     argument("--paraphrases", type=int, help="--search: instruction rewordings to ask the model for"),
     argument("--dev", help="--search, --versus: a split, or a fraction/count of train to rank prompts on"),
     argument("--name", help="--search: name of the best prompt (default <prompt>-best)"),

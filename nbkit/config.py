@@ -95,7 +95,7 @@ class TuneConfig:
         if self.model is None:
             self.model = DEFAULT_MODEL if self.task == "generation" else DEFAULT_ENCODER
         if self.method is None:
-            self.method = "setfit" if self.task == "classification" else "lora"
+            self.method = default_method(self.task)
         if self.epochs is None:
             self.epochs = 1 if self.method == "setfit" else 3
         for name in ("lr", "epochs", "warmup", "scale"):
@@ -178,6 +178,11 @@ class TuneConfig:
 def settings() -> list[dataclasses.Field]:
     """The fields a user sets (``%tune``'s options, the job file's keys), in declaration order."""
     return [f for f in dataclasses.fields(TuneConfig) if f.metadata.get("cli", True)]
+
+
+def default_method(task: str) -> str:
+    """The method a task tunes with when none is named: SetFit for encoder classification, else LoRA."""
+    return "setfit" if task == "classification" else "lora"
 
 
 def default(name: str) -> Any:

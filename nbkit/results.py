@@ -97,6 +97,9 @@ class Report:
 
     def __repr__(self):
         text = f"nbkit Report on {self.info.get('data')} [{self.info.get('split')}]\n{self.frame.to_string()}"
+        seeds = self.seeds()
+        if len(seeds):
+            text += f"\nAcross seeds:\n{seeds.to_string()}"
         if self.info.get("api"):
             text += f"\nAPI requests:\n{self.api().to_string()}"
         for target, error in (self.info.get("errors") or {}).items():
@@ -193,6 +196,27 @@ class Report:
         frame.index.name = "target"
         return frame
 
+    def seeds(self, metric: str | Sequence[str] | None = None):
+        """The targets that are one run per seed (``tune(seeds=[...])``: ``NAME-s0``, ``-s1``, …), one row
+        per group: how many seeds, and per metric the mean, the standard deviation across seeds (n - 1)
+        and the lowest and highest; empty when the report has no such group."""
+        import pandas as pd
+
+        from .stats import seed_groups
+
+        wanted = [metric] if isinstance(metric, str) else list(metric or self.metrics)
+        rows = {}
+        for group, members in seed_groups(list(self.frame.index)).items():
+            values, row = self.frame.loc[members], {"seeds": len(members)}
+            for name in wanted:
+                column = values[name].astype(float)
+                row.update({f"{name}_mean": column.mean(), f"{name}_sd": column.std(ddof=1),
+                            f"{name}_min": column.min(), f"{name}_max": column.max()})
+            rows[group] = row
+        frame = pd.DataFrame.from_dict(rows, orient="index")
+        frame.index.name = "runs"
+        return frame
+
     def compare(self, a: str | None = None, b: str | None = None, metric: str | Sequence[str] | None = None,
                 resamples: int = 1000):
         """Whether ``b`` differs from ``a`` (default: the last target against the first) on the rows both
@@ -274,6 +298,9 @@ class Report:
         api = ""
         if self.info.get("api"):
             api = "<p><b>API requests</b> (latencies in ms)</p>" + self.api().to_html(classes="nbkit-api", border=0)
+        seeds = self.seeds()
+        if len(seeds):  # one run per seed: how far the seed alone moves each metric
+            table += "<p><b>Across seeds</b></p>" + seeds.to_html(float_format=lambda v: f"{v:.3f}", border=0)
         return (f"<div class='nbkit-report'>{caption}{table}{bar_chart(self.frame, self.metrics)}"
                 f"<div>{matrices}</div>{self._disagreement_html()}{api}{errors}</div>")
 

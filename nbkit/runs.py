@@ -318,6 +318,19 @@ def safe_name(text: str) -> str:
     return name or "run"
 
 
+class Runs(list):
+    """The runs of one ``tune(..., seeds=[...])``: one per seed, named ``NAME-s<seed>``; a list of
+    :class:`Run` that ``nbkit.evaluate(run=runs)`` scores side by side (``report.seeds()`` summarises)."""
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self]
+
+    def __repr__(self):
+        return (f"<nbkit.Runs {len(self)} seeds: {', '.join(f'{r.name} ({r.status})' for r in self)}; "
+                f"%evaluate --run {' '.join(self.names)}>")
+
+
 def free_name(base: str, root: Path | None = None) -> str:
     """``base`` made a plain folder name (:func:`safe_name`), or ``base-2``, ``base-3``, … if that is taken."""
     base = safe_name(base)

@@ -11,6 +11,7 @@ points, so two systems a row or two apart are not told apart. These functions sa
 - :func:`mcnemar`: the exact McNemar test of two classifiers on the same rows (a two-sided
   binomial test on the rows where exactly one of them is right).
 - :func:`rows_needed`: test rows per system that separate two accuracies at a given level and power.
+- :func:`seed_groups`: the targets that are one run per seed (``NAME-s0``, ``NAME-s1``, …).
 
 Pure numpy (and the standard library); every random draw has a fixed seed, so an interval is
 the same each time a report is made.
@@ -19,6 +20,7 @@ the same each time a report is made.
 from __future__ import annotations
 
 import math
+import re
 from statistics import NormalDist
 from typing import Sequence
 
@@ -100,3 +102,17 @@ def rows_needed(p1: float, p2: float, level: float = 0.95, power: float = 0.8) -
     mean = (p1 + p2) / 2
     top = z_a * math.sqrt(2 * mean * (1 - mean)) + z_b * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))
     return math.ceil(top * top / (p1 - p2) ** 2)
+
+
+SEEDED = re.compile(r"^(.*)-s(\d+)$")  # a run that tune(seeds=[...]) named: NAME-s<seed>
+
+
+def seed_groups(labels: Sequence[str]) -> dict[str, list[str]]:
+    """Report targets that differ only in a run's ``-s<seed>`` suffix (``intent + lora-s0``,
+    ``intent + lora-s1``, …), keyed by their common label with ``-s*``; groups of two or more."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        found = SEEDED.match(str(label))
+        if found:
+            groups.setdefault(found.group(1) + "-s*", []).append(label)
+    return {group: members for group, members in groups.items() if len(members) > 1}

@@ -142,3 +142,43 @@ def test_report_intervals_per_target():
     assert (table.loc["base", "accuracy_low"], table.loc["base", "accuracy_high"]) == pytest.approx((ci.low, ci.high))
     assert table.loc["base", "f1_low"] < table.loc["base", "f1"] < table.loc["base", "f1_high"]
     assert list(table.columns) == ["accuracy", "accuracy_low", "accuracy_high", "f1", "f1_low", "f1_high"]
+
+
+def test_seed_groups_and_report_seeds_summarise_one_run_per_seed():
+    """Targets named NAME-s<seed> (tune(seeds=...)) are grouped; the summary is the mean, the sample
+    standard deviation and the range across them; a lone -s0 or an unrelated target is no group."""
+    import pandas as pd
+
+    from nbkit.results import Report
+    from nbkit.stats import seed_groups
+
+    labels = ["intent", "intent + lora-s0", "intent + lora-s1", "intent + lora-s2", "intent + pt-s0", "x-s1-b"]
+    assert seed_groups(labels) == {"intent + lora-s*": labels[1:4]}
+    frame = pd.DataFrame({"accuracy": [0.3, 0.7, 0.75, 0.8, 0.6, 0.5], "n": [40] * 6}, index=labels)
+    report = Report(frame, {}, {"metrics": ["accuracy"], "data": "d", "split": "test"})
+    row = report.seeds().loc["intent + lora-s*"]
+    assert row["seeds"] == 3 and row["accuracy_mean"] == pytest.approx(0.75)
+    assert row["accuracy_sd"] == pytest.approx(0.05) and (row["accuracy_min"], row["accuracy_max"]) == (0.7, 0.8)
+    assert "Across seeds" in repr(report) and "Across seeds" in report._repr_html_()
+    assert len(Report(frame.iloc[:2], {}, {"metrics": ["accuracy"]}).seeds()) == 0
+
+
+def test_seeds_are_checked_before_anything_trains(monkeypatch, tmp_path):
+    from nbkit import training
+    from nbkit.errors import ConfigError, RunExistsError
+    from nbkit.prompts import Prompt
+
+    monkeypatch.setattr(training, "tune_decoder", lambda *a, **k: pytest.fail("trained before the checks"))
+    prompt = Prompt("{{ text }}", name="p", target="{{ label }}")
+    for bad in ([], [0, 0], [-1], "012", [True], 3):
+        with pytest.raises(ConfigError, match="seeds"):
+            training.tune(prompt, "sample:intent", seeds=bad)
+    with pytest.raises(ConfigError, match="not both"):
+        training.tune(prompt, "sample:intent", seeds=[0, 1], seed=5)
+    with pytest.raises(ConfigError, match="a job file holds one run"):
+        training.tune(prompt, "sample:intent", seeds=[0, 1], export=tmp_path / "job.yaml")
+    from nbkit.runs import runs_dir
+
+    (runs_dir() / "p-lora-s1").mkdir(parents=True)
+    with pytest.raises(RunExistsError):
+        training.tune(prompt, "sample:intent", seeds=[0, 1])

@@ -267,3 +267,23 @@ def test_merged_export_loads_without_nbkit_and_matches_the_adapter(lora_run, smo
     with torch.no_grad(), smol.adapter(run.adapter_path) as ours:
         assert torch.allclose(merged(input_ids=ids).logits, ours(input_ids=ids).logits, atol=1e-3)
     assert main(["export", str(run.path), "--out", str(tmp_path / "merged")]) == 1  # never overwrites silently
+
+
+def test_seeds_train_one_run_each_and_evaluate_summarises_them(intent_prompt, ip):
+    """%tune --seeds 2 trains NAME-s0 and NAME-s1 (different adapters: the seed is all that differs);
+    %evaluate --run on the bound variable scores both and reports their mean and spread."""
+    from nbkit.session import register_prompt
+
+    register_prompt(intent_prompt)
+    runs = ip.run_line_magic("tune", "--prompt intent --data sample:intent --max-steps 3 --seeds 2 --seed 4 "
+                                     "--name seeded --progress none -o seeded")
+    assert runs.names == ["seeded-s4", "seeded-s5"] and [r.config["seed"] for r in runs] == [4, 5]
+    assert all(r.status == "completed" for r in runs) and "seeded-s4 (completed)" in repr(runs)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(r.adapter_path / "adapter_model.safetensors")) for r in runs)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    report = ip.run_line_magic("evaluate", "--run seeded --data sample:intent --limit 12")
+    assert list(report.frame.index) == ["intent + seeded-s4", "intent + seeded-s5"]
+    row = report.seeds().loc["intent + seeded-s*"]
+    assert row["seeds"] == 2 and row["accuracy_mean"] == pytest.approx(report.frame["accuracy"].mean())

@@ -53,7 +53,11 @@ def run_target(run: Run, model: str | None, data=None) -> Target:
 def targets(prompts, runs, model, namespace, data=None) -> list[Target]:
     """Every prompt (on ``model``) and every run, as targets; at least one."""
     found = [Target(p.name, p, None, model or DEFAULT_MODEL) for p in map(get_prompt, as_list(prompts))]
-    found += [run_target(get_run(r, namespace), model, data) for r in as_list(runs)]
+    named = []  # a variable holding several runs (tune(seeds=...)'s Runs) stands for each of them
+    for r in as_list(runs):
+        held = (namespace or {}).get(r) if isinstance(r, str) else None
+        named += list(held) if isinstance(held, list) else [r]
+    found += [run_target(get_run(r, namespace), model, data) for r in named]
     if not found:
         raise ConfigError("prompt", "nothing to evaluate: give at least one --prompt or --run")
     return found

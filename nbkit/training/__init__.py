@@ -16,11 +16,11 @@ import os
 from typing import Any, Mapping, Sequence
 
 from .. import events
-from ..config import DEFAULT_MODEL, TASKS, TuneConfig
+from ..config import DEFAULT_MODEL, TASKS, TuneConfig, default_method
 from ..errors import ConfigError
 from ..models import family_of
 from ..prompts import Prompt
-from ..runs import Run
+from ..runs import Run, Runs, safe_name
 from .callbacks import Terminated
 from .decoder import tune_decoder
 from .encoder import tune_classifier, tune_embedding
@@ -43,6 +43,7 @@ def tune(
     export: str | os.PathLike | None = None,
     namespace: Mapping[str, Any] | None = None,
     callbacks: Sequence[events.Callback] | None = None,
+    seeds: Sequence[int] | None = None,
     **settings,
 ) -> Run:
     """Fine-tune ``model`` on ``data`` formatted by ``prompt``; the loss covers the target only.
@@ -72,6 +73,9 @@ def tune(
             Data held in notebook variables is written beside it.
         namespace: where data given as a variable name is looked up.
         callbacks: progress subscribers; default prints a few plain lines.
+        seeds: train one run per seed, named ``<name>-s<seed>`` (the adapter's initialisation, the
+            data order and dropout differ; nothing else), and return them as :class:`nbkit.runs.Runs`;
+            ``nbkit.evaluate(run=runs)`` scores each, ``report.seeds()`` gives their mean and spread.
         task: ``generation`` (the default: a decoder learns the target text), ``classification``
             (an encoder with a head) or ``embedding`` (an encoder, contrastive).
         **options: method options (``r``, ``alpha``, ``dropout``, ``target_modules``, ``virtual_tokens``, …;
@@ -89,6 +93,9 @@ def tune(
     """
     if task not in TASKS:
         raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {task!r}")
+    if seeds is not None:
+        return _tune_seeds(prompt, data, seeds, settings, task=task, resume=resume, overwrite=overwrite,
+                           export=export, namespace=namespace, callbacks=callbacks)
     options = {k: settings.pop(k) for k in list(settings) if k not in SETTINGS}
     if settings.get("weights") is not None:
         settings["weights"] = list(settings["weights"])
@@ -105,3 +112,30 @@ def tune(
             raise ConfigError(name, f"is not supported {what}")
     recipe = {"classification": tune_classifier, "embedding": tune_embedding}.get(task, tune_seq2seq)
     return recipe(prompt, data, settings, options, **common)
+
+
+def _tune_seeds(prompt, data, seeds, settings: dict, **common) -> Runs:
+    """One run per seed, ``NAME-s<seed>``; every name is checked free before the first trains."""
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds \
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise ConfigError("seeds", f"must be distinct non-negative integers, like [0, 1, 2]; got {seeds!r}")
+    if common["export"] is not None:
+        raise ConfigError("seeds", "a job file holds one run: export without seeds, then run it once per seed "
+                          "with nbkit tune --config FILE --set seed=N --name NAME-sN")
+    if "seed" in settings and settings["seed"] != TuneConfig.__dataclass_fields__["seed"].default:
+        raise ConfigError("seeds", "give either seed (one run) or seeds (one run per seed), not both")
+    settings = {k: v for k, v in settings.items() if k != "seed"}
+    base = settings.pop("name", None) or _default_name(prompt, settings.get("method"), common["task"])
+    for s in seeds:
+        Run.check_create(f"{base}-s{s}", overwrite=common["overwrite"], resume=common["resume"])
+    return Runs(tune(prompt, data, seed=s, name=f"{base}-s{s}", **common, **settings) for s in seeds)
+
+
+def _default_name(prompt, method: str | None, task: str) -> str:
+    """``<prompt>-<method>`` as a run names itself, without the numbering (a seed suffix follows)."""
+    from ..session import get_prompt
+
+    prompts = prompt if isinstance(prompt, (list, tuple)) else [prompt] if prompt is not None else []
+    names = [get_prompt(p).name for p in prompts] or [task]
+    return safe_name(f"{'+'.join(names)}-{method or default_method(task)}")
