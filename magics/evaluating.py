@@ -13,7 +13,7 @@ from .options import given, number_or_name, split_csv
 from .progress import callbacks
 
 # %evaluate flags by the mode they belong to; a flag given in another mode is a usage error
-SEARCH_ONLY = ("words", "selection", "paraphrases", "name", "strategy", "budget", "triggers", "steps")
+SEARCH_ONLY = ("words", "selection", "formats", "paraphrases", "name", "strategy", "budget", "triggers", "steps")
 VERSUS_ONLY = ("approaches", "epochs", "max_steps", "progress")
 SEARCH_OR_VERSUS = ("shots", "dev")
 NOT_VERSUS = ("run", "split", "metric", "scoring", "batch_size", "base_url", "no_cache", "concurrency")
@@ -108,6 +108,8 @@ def search(args, namespace):
             raise UsageError(f"--shots takes comma-separated whole numbers like 0,2,4; got {args.shots!r}") from None
     if split_csv(args.selection):
         keywords["selection"] = split_csv(args.selection)
+    if split_csv(args.formats):
+        keywords["formats"] = split_csv(args.formats)
     if args.dev:
         keywords["dev"] = number_or_name(args.dev)
     if args.metric:

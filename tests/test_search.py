@@ -44,6 +44,8 @@ def test_balanced_shots_cover_the_labels():
     ({"words": [{"positive": "ok", "negative": "ok"}]}, "words"),
     ({"shots": [-1]}, "shots"), ({"selection": ["closest"]}, "selection"), ({"dev": "test"}, "dev"),
     ({"dev": 1000}, "dev"), ({"paraphrases": -2}, "paraphrases"),
+    ({"formats": ["markdown"]}, "formats"), ({"formats": "chat"}, "formats"), ({"formats": ["chat", "chat"]}, "formats"),
+    ({"formats": ["plain"], "strategy": "gradient"}, "formats"),
 ])
 def test_bad_search_settings_fail_before_any_model_loads(sentiment, kwargs, field, monkeypatch):
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
@@ -146,3 +148,18 @@ def test_reinforce_moves_the_policy_to_the_rewarded_options():
     assert max(policy[0]) == policy[0][2] > 0.6 and policy[1][1] > 0.8, policy
     with pytest.raises(ConfigError):
         reinforce(space, lambda pick, draw: 0.0, budget=0)
+
+
+def test_the_format_is_a_searched_choice(intent_prompt):
+    """--formats chat,plain tries each template through the chat template and as plain text; the
+    winner keeps its format (chat=True/False), and the two really are scored differently."""
+    report = nbkit.search_prompts(intent_prompt, "sample:intent", formats=["chat", "plain"], dev=24)
+    frame = report.frame
+    assert sorted(frame["template"]) == ["as written, chat", "as written, plain"] and (frame["n"] == 24).all()
+    chats = {report.candidates[label].chat for label in frame.index}
+    assert chats == {True, False} and report.best.chat == report.candidates[frame.index[0]].chat
+    from nbkit.models import load_tokenizer
+
+    tok, row = load_tokenizer("smollm2-135m"), {"text": "Where is my parcel?"}
+    rendered = {report.candidates[label].chat: report.candidates[label].format(row, tok) for label in frame.index}
+    assert rendered[True].startswith("<|im_start|>") and "<|im_start|>" not in rendered[False]

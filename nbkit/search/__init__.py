@@ -24,7 +24,8 @@ from ..models import family_of
 from ..prompts import SELECTIONS, Prompt
 from ..session import get_prompt, register_prompt
 from .hotflip import autoprompt
-from .candidates import check_words, describe, grid, instruction_of, paraphrase, templates_of, variant, words_text
+from .candidates import (FORMATS, check_words, describe, grid, instruction_of, paraphrase, templates_of, variant,
+                         with_formats, words_text)
 from .policy import reinforce
 
 __all__ = ["STRATEGIES", "autoprompt", "instruction_of", "paraphrase", "reinforce", "search_prompts", "variant"]
@@ -39,6 +40,7 @@ def search_prompts(
     words: Sequence[Mapping[str, str]] | None = None,
     shots: Sequence[int] = (0,),
     selection: Sequence[str] = ("random",),
+    formats: Sequence[str] | None = None,
     paraphrases: int = 0,
     dev: float | int | str = 0.25,
     metric: str | None = None,
@@ -63,6 +65,7 @@ def search_prompts(
         shots: numbers of few-shot examples to try.
         selection: how shots are chosen: ``random``, ``balanced`` (one per class in turn) and/or
             ``nearest`` (the most similar training rows, by the embedded sentence encoder).
+        formats: ``chat`` (chat template) and/or ``plain`` (the text as it is); ``None``: each prompt's own.
         paraphrases: ask the model for this many rewordings of each prompt's instruction (the
             text before its first variable) and try them too.
         dev: a split name, or a fraction / count of ``train`` held out for scoring.
@@ -88,13 +91,14 @@ def search_prompts(
 
     bases = [get_prompt(p) for p in (prompt if isinstance(prompt, (list, tuple)) else [prompt])]
     shots, selection = _check_settings(bases, words, shots, selection, paraphrases, strategy, model)
+    _check_formats(formats, strategy, model)
     bases, dev_rows, pool = _rows(bases, data, namespace, dev, seed)
     verbalizers = [None] + [check_words(w, bases[0], dev_rows + pool) for w in (words or [])]
     rank_by = metric or ("accuracy" if bases[0].choices else "token_f1")
 
     loaded = load_model(model or DEFAULT_MODEL)
     started = time.monotonic()
-    templates = templates_of(bases, loaded, paraphrases, seed)
+    templates = with_formats(templates_of(bases, loaded, paraphrases, seed), formats, loaded.tokenizer)
     candidates, described = grid(templates, verbalizers, shots, selection)
     score = _scorer(loaded, pool, rank_by, scoring, batch_size)
     extra: dict = {}
@@ -133,6 +137,17 @@ def _check_settings(bases, words, shots, selection, paraphrases, strategy, model
         raise ConfigError("model", "prompt search scores candidates with a local model's label log-likelihoods; "
                           "search locally, then %evaluate the winner on the API model")
     return shots, selection
+
+
+def _check_formats(formats, strategy: str, model) -> None:
+    if formats is None:
+        return
+    if isinstance(formats, str) or not formats or any(f not in FORMATS for f in formats) \
+            or len(set(formats)) != len(formats):
+        raise ConfigError("formats", f"must be a list of {' and/or '.join(FORMATS)}, got {formats!r}")
+    if strategy == "gradient":
+        raise ConfigError("formats", "gradient search improves one prompt's trigger tokens in its own format; "
+                          "search formats with grid or rl")
 
 
 def _scorer(loaded, pool, rank_by: str, scoring: str, batch_size: int):

@@ -78,6 +78,21 @@ def grid(templates: Sequence[tuple[Prompt, str]], verbalizers: Sequence[dict | N
     return candidates, described
 
 
+FORMATS = ("chat", "plain")  # the model's chat template, or the prompt's text as it is
+
+
+def with_formats(templates: Sequence[tuple[Prompt, str]], formats: Sequence[str] | None,
+                 tokenizer) -> list[tuple[Prompt, str]]:
+    """Each template once per format (``chat``: through the chat template; ``plain``: the text as it is),
+    its origin naming the format; ``None`` keeps each prompt's own framing."""
+    if not formats:
+        return list(templates)
+    if "chat" in formats and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("formats", "the model has no chat template; search the plain format only")
+    return [(Prompt.from_dict({**t.to_dict(), "chat": f == "chat"}), f"{origin}, {f}")
+            for t, origin in templates for f in formats]
+
+
 def instruction_of(p: Prompt) -> str:
     """The fixed instruction: the template's text before the line holding its first variable."""
     head = p.template.split("{{", 1)[0] if "{{" in p.template else p.template
