@@ -70,6 +70,8 @@ SMOKE = {  # the CI mode of each script: the smallest sizes that still run every
     "profile_step.py": [],
     "encoder_classification.py": ["--sets", "topic", "--systems", "nbkit default,setfit"],  # decoders: methods.py
     "gpu.py": [],  # a tiny random Llama on the CPU: the GPU run's code paths, LoRA and 4-bit QLoRA, both systems
+    "formats.py": [],  # 8 rows of one prompt, both formats
+    "seeds.py": [],  # LoRA, 2 seeds of 1 step, 8 rows
 }
 ROWS = {  # what each table must show a row for
     "train_throughput.py": ["tutorial", "trl", "trl-fp32", "nbkit", "nbkit-bf16"],
@@ -80,6 +82,8 @@ ROWS = {  # what each table must show a row for
     "profile_step.py": ["matrix products", "LoRA products (rank 8)", "dropout masks (bernoulli)"],
     "gpu.py": ["peft", "nbkit"],
     "encoder_classification.py": ["nbkit default", "setfit"],
+    "formats.py": ["topic (02)"],
+    "seeds.py": ["lora"],
 }
 COLUMN = {"train_throughput.py": 2, "gpu.py": 3}  # where a table names its rows (default: the first column)
 
