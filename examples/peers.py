@@ -31,6 +31,7 @@ def main() -> None:
 
     import nbkit
     from nbkit.data import load_data
+    from nbkit.evaluation.harness import task_name
     from nbkit.serve import start
     from nbkit.session import get_run
 
@@ -39,7 +40,7 @@ def main() -> None:
     ours = nbkit.evaluate(run=run, data=data, limit=args.limit).frame["accuracy"].iloc[0]
     key = secrets.token_hex(16)
     with start(model=run.config["model"], runs=[run], api_key=key) as server, tempfile.TemporaryDirectory() as folder:
-        task = "nbkit_" + "".join(c if c.isalnum() else "_" for c in prompt.name)
+        task = task_name(prompt)
         os.environ["OPENAI_API_KEY"] = key
         theirs = lm_eval.simple_evaluate(
             model="local-completions", tasks=[task],

@@ -108,7 +108,8 @@ class NbkitMagics(Magics):
         if args.seeds is not None:
             if args.seeds < 1:
                 raise UsageError(f"--seeds must be a positive number of runs, got {args.seeds}")
-            keywords["seeds"] = list(range(keywords.pop("seed"), args.seed + args.seeds))
+            first = keywords.pop("seed")
+            keywords["seeds"] = list(range(first, first + args.seeds))
         run = tune(prompts, datas, task=args.task, resume=args.resume, overwrite=args.overwrite, export=args.export,
                    namespace=self.shell.user_ns, callbacks=callbacks(args.progress, per_run=args.seeds is not None),
                    **keywords)

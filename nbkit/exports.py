@@ -100,7 +100,8 @@ def export(run: Run | str, path: str | os.PathLike, *, merge: bool = True, overw
 
 def _check_format(run: Run, format: str, gguf_type: str, merge: bool) -> None:
     """``format`` and ``gguf_type`` checked before anything loads."""
-    from .gguf_file import GGUF_TYPES
+    from .gguf_file import GGUF_TYPES, MODEL_TYPES
+    from .models import model_config
 
     if format not in FORMATS:
         raise ConfigError("format", f"must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -113,9 +114,6 @@ def _check_format(run: Run, format: str, gguf_type: str, merge: bool) -> None:
     if run.family != "decoder":
         raise ConfigError("format", f"run {run.name!r} is an {run.family} run; GGUF holds decoder models "
                           "(llama.cpp, Ollama)")
-    from .gguf_file import MODEL_TYPES
-    from .models import model_config
-
     kind = model_config(run.config.get("model"))[0].model_type if not run.is_full_model else None
     if kind is not None and kind not in MODEL_TYPES:
         raise ConfigError("format", f"run {run.name!r} tuned a {kind} model; the GGUF writer knows "

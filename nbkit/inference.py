@@ -109,6 +109,18 @@ def _left_padded(rows: Sequence[list[int]], shared: int, pad_id: int):
     return ids, mask, positions
 
 
+def _right_padded(rows: Sequence[Sequence[int]], pad_id: int):
+    """(ids, attention mask) of ``rows`` right-padded to the longest, as in training."""
+    import torch
+
+    ids = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, row in enumerate(rows):
+        ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[b, :len(row)] = 1
+    return ids, mask
+
+
 MIN_SHARED = 8  # a shorter common prefix is not worth a pass of its own
 
 
@@ -188,13 +200,10 @@ def completion_logprobs(model, pad_id: int, contexts: Sequence[list[int]], compl
     totals = [0.0] * len(contexts)
     with torch.inference_mode():
         for batch in _batches(sorted(range(len(unique)), key=lambda u: len(unique[u])), batch_size):
-            width = max(len(unique[u]) for u in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
+            ids, mask = _right_padded([unique[u] for u in batch], pad_id)
+            width = ids.shape[1]
             wanted = []  # (pair, completion tokens, their positions counted from the end of the batch's width)
             for b, u in enumerate(batch):
-                ids[b, :len(unique[u])] = torch.tensor(unique[u], dtype=torch.long)
-                mask[b, :len(unique[u])] = 1
                 for i in sequences[unique[u]]:
                     start = len(contexts[i]) - 1 - width  # the position predicting the first completion token
                     wanted.append((b, i, start + torch.arange(len(completions[i]))))
@@ -222,14 +231,9 @@ def prompt_logprobs(model, pad_id: int, sequences: Sequence[list[int]], top_n: i
     out: list = [None] * len(sequences)
     with torch.inference_mode():
         for batch in _batches(sorted(range(len(sequences)), key=lambda k: len(sequences[k])), batch_size):
-            width = max(len(sequences[k]) for k in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for b, k in enumerate(batch):
-                ids[b, :len(sequences[k])] = torch.tensor(sequences[k], dtype=torch.long)
-                mask[b, :len(sequences[k])] = 1
+            ids, mask = _right_padded([sequences[k] for k in batch], pad_id)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            logp = logits[:, -width:].float().log_softmax(-1).cpu()  # a learned prompt's virtual tokens come first
+            logp = logits[:, -ids.shape[1]:].float().log_softmax(-1).cpu()  # a learned prompt's virtual tokens come first
             for b, k in enumerate(batch):
                 n = len(sequences[k])
                 steps, tokens = logp[b, :n - 1], torch.tensor(sequences[k][1:], dtype=torch.long)

@@ -21,6 +21,11 @@ from ..session import get_prompt
 from .targets import rows_of
 
 
+def task_name(prompt: Prompt) -> str:
+    """The lm-eval task name :func:`lm_eval_task` gives ``prompt``: ``nbkit_`` and its name, letters and digits."""
+    return "nbkit_" + "".join(c if c.isalnum() else "_" for c in prompt.name)
+
+
 def lm_eval_task(prompt: Prompt | str, data: Any, folder, *, split: str = "test", limit: int | None = None,
                  model: str = DEFAULT_MODEL, namespace: Mapping[str, Any] | None = None) -> Path:
     """Write ``prompt`` over ``data`` as the lm-eval task ``nbkit_<prompt name>`` into ``folder``.
@@ -43,7 +48,7 @@ def lm_eval_task(prompt: Prompt | str, data: Any, folder, *, split: str = "test"
     tokenizer = load_tokenizer(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    name = "nbkit_" + "".join(c if c.isalnum() else "_" for c in prompt.name)
+    name = task_name(prompt)
     docs = folder / f"{name}.jsonl"
     choices = [prompt.completion(c, tokenizer) for c in prompt.choices]
     with open(docs, "w") as f:

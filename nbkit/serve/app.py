@@ -14,7 +14,7 @@ import uuid
 
 from ..errors import MissingDependencyError
 from .backend import Backend, GenerationRequest
-from .protocol import (HTTPError, answer_body, chat_prompt, check_ids, completion_prompts, first_stop, generation_failed,
+from .protocol import (HTTPError, answer_body, chat_prompt, check_ids, completion_prompts, is_ids, first_stop, generation_failed,
                        read_max_tokens, read_number, read_sampling, stop_prefix, usage_of)
 
 
@@ -82,7 +82,7 @@ class Server:
             body = await self._body(request)
             tok = self.backend.tokenizer(self._named(body.get("model")))
             ids = body.get("tokens")
-            if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            if ids != [] and not is_ids(ids):
                 raise HTTPError(400, "tokens must be a list of token ids", param="tokens")
             return {"prompt": tok.decode(check_ids(ids, len(tok)))}
 

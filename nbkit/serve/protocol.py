@@ -117,11 +117,11 @@ def completion_prompts(body: dict, max_batch: int) -> tuple[list, int | None]:
     string or a list of ids.
     """
     prompt = body.get("prompt")
-    if isinstance(prompt, str) or _is_ids(prompt):
+    if isinstance(prompt, str) or is_ids(prompt):
         prompts = [prompt]
     else:
         prompts = prompt
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) or _is_ids(p) for p in prompts):
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) or is_ids(p) for p in prompts):
         raise HTTPError(400, "prompt must be a string, a list of strings, a list of token ids or a list of such lists",
                         param="prompt")
     if len(prompts) > max_batch:
@@ -129,7 +129,8 @@ def completion_prompts(body: dict, max_batch: int) -> tuple[list, int | None]:
     return prompts, read_number(body, "logprobs", None, 0, 20, int)
 
 
-def _is_ids(value) -> bool:
+def is_ids(value) -> bool:
+    """Whether ``value`` is a non-empty list of token ids (integers, not booleans)."""
     return (isinstance(value, list) and bool(value)
             and all(isinstance(t, int) and not isinstance(t, bool) for t in value))
 
@@ -177,12 +178,17 @@ def _logprobs(g, ids: list[int], pieces: list[str], top_n: int, tok, chat: bool)
             {"token": p, "logprob": v, "bytes": list(p.encode()),
              "top_logprobs": [{"token": a, "logprob": w, "bytes": list(a.encode())} for a, w in top]}
             for p, v, top in zip(pieces, g.logprobs, tops)]}
-    offsets, at = [], 0
-    for p in pieces:
-        offsets.append(at)
-        at += len(p)
     return {"tokens": pieces, "token_logprobs": g.logprobs[:len(ids)],
-            "top_logprobs": [dict(top) for top in tops], "text_offset": offsets}
+            "top_logprobs": [dict(top) for top in tops], "text_offset": _offsets(pieces)}
+
+
+def _offsets(pieces: list[str], start: int = 0) -> list[int]:
+    """Where each piece begins in the text they make, counted from ``start``."""
+    offsets = []
+    for p in pieces:
+        offsets.append(start)
+        start += len(p)
+    return offsets
 
 
 def _choice(index: int, g, job, tok, chat: bool) -> dict:
@@ -219,15 +225,11 @@ def _echoed(index: int, job, tok, text: str, logprobs: dict | None) -> tuple[str
         return prompt + text, None
     own, tops = job.echoed[index]
     pieces = [tok.decode([t]) for t in context]
-    offsets, at = [], 0
-    for p in pieces:
-        offsets.append(at)
-        at += len(p)
     return prompt + text, {
         "tokens": pieces + logprobs["tokens"], "token_logprobs": own + logprobs["token_logprobs"],
         "top_logprobs": [None] + [{tok.decode([i]): v for i, v in top[:job.logprobs]} for top in tops[1:]]
         + logprobs["top_logprobs"],
-        "text_offset": offsets + [at + o for o in logprobs["text_offset"]]}
+        "text_offset": _offsets(pieces + logprobs["tokens"])}
 
 
 def answer_body(job, tok, ident: str, name: str, chat: bool) -> dict:

@@ -16,7 +16,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from .. import events
-from ..config import DEFAULT_MODEL, TASKS, TuneConfig, default_method
+from ..config import DEFAULT_MODEL, TASKS, TuneConfig, default, default_method
 from ..errors import ConfigError
 from ..models import family_of
 from ..prompts import Prompt
@@ -123,7 +123,7 @@ def _tune_seeds(prompt, data, seeds, settings: dict, **common) -> Runs:
     if common["export"] is not None:
         raise ConfigError("seeds", "a job file holds one run: export without seeds, then run it once per seed "
                           "with nbkit tune --config FILE --set seed=N --name NAME-sN")
-    if "seed" in settings and settings["seed"] != TuneConfig.__dataclass_fields__["seed"].default:
+    if settings.get("seed", default("seed")) != default("seed"):
         raise ConfigError("seeds", "give either seed (one run) or seeds (one run per seed), not both")
     settings = {k: v for k, v in settings.items() if k != "seed"}
     base = settings.pop("name", None) or _default_name(prompt, settings.get("method"), common["task"])
