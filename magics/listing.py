@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from nbkit.methods import METHODS, available_methods
+from nbkit.objectives import OBJECTIVES
 
 from .options import flag, shown
 
@@ -30,6 +31,15 @@ def methods_text() -> str:
         method = METHODS[name]
         options = ", ".join(f"{flag(f.name)} ({shown(f.default)})" for f in dataclasses.fields(method.options))
         lines.append(f"{name:14} {method.summary}\n{'':14} lr {method.lr:g}; options: {options or 'none'}")
+    return "\n".join(lines)
+
+
+def objectives_text() -> str:
+    """Each training objective, what it learns from and its options with their defaults."""
+    lines = []
+    for name, objective in OBJECTIVES.items():
+        options = ", ".join(f"{flag(f.name)} ({shown(f.default)})" for f in dataclasses.fields(objective.options))
+        lines.append(f"{name:6} {objective.summary}\n{'':6} options: {options or 'none'}")
     return "\n".join(lines)
 
 
@@ -59,6 +69,10 @@ HELP = """nbkit magics  ($name in a magic line is replaced by the notebook varia
       a live widget in Jupyter, plain lines under papermill; returns a Run
   %tune --prompt A --data DA --prompt B --data DB [--weights 1,2] ...
       multi-task: one adapter on several prompts/data sets, weighted loss, each task's loss logged
+  %tune --prompt NAME --data D --objective dpo|orpo|kto [--beta 0.1]
+      preference tuning on chosen/rejected rows (kto: completion + true/false label), through TRL
+  %tune --prompt NAME --data D --objective grpo --reward exact_match[,format] [--reward-fn VAR] [--generations 4]
+      reward tuning: sampled completions scored by nbkit's metrics or your f(completions, rows)
   %tune ... --export job.yaml
       write the validated job instead of training: nbkit tune --config job.yaml (also under torchrun)
   %evaluate --prompt NAME [--prompt ...] [--run RUN ...] [--data D] [--split test] [--metric M] [-o VAR]
@@ -72,8 +86,8 @@ HELP = """nbkit magics  ($name in a magic line is replaced by the notebook varia
             [--approaches zero-shot,few-shot,searched,prompt-tuning,lora,qlora] [-o VAR]
       prompt vs fine-tune: every approach on the same test rows, accuracy next to trainable
       parameters, training/search/evaluation seconds and peak memory, in one Report
-  %nbkit [list|methods|samples|help]
-      list prompts, runs and loaded models; the tuning methods; the sample data sets
+  %nbkit [list|methods|objectives|samples|help]
+      list prompts, runs and loaded models; the tuning methods; the training objectives; the sample data sets
   %nbkit login openai
       ask for an API key (not echoed, kept in memory only) for --model openai:NAME
   %nbkit power 0.78 0.85

@@ -17,7 +17,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from IPython.core.magic_arguments import magic_arguments
 
 from .evaluating import evaluate_mode
-from .listing import HELP, listing, methods_text, power_text
+from .listing import HELP, listing, methods_text, objectives_text, power_text
 from .options import (EVALUATE_ARGUMENTS, NBKIT_ARGUMENTS, PROMPT_ARGUMENTS, arguments, expand, split_csv,
                       tune_arguments, tune_keywords)
 from .progress import callbacks
@@ -163,4 +163,5 @@ class NbkitMagics(Magics):
 
             print("\n".join(f"sample:{s}" for s in available_samples()))
             return
-        print({"help": lambda: HELP, "methods": methods_text, "list": listing}[args.what]())
+        print({"help": lambda: HELP, "methods": methods_text, "objectives": objectives_text,
+               "list": listing}[args.what]())

@@ -19,6 +19,7 @@ from IPython.core.magic_arguments import argument, argument_group
 
 from nbkit.config import TASKS, default, settings
 from nbkit.methods import METHODS, option_fields
+from nbkit.objectives import OBJECTIVES, objective_fields
 
 
 _DOLLAR = re.compile(r"\$(\w+)")
@@ -150,15 +151,25 @@ def option_argument(field: dataclasses.Field):
     return argument(flag(field.name), default=None, help=_help(text), **keywords)
 
 
+def objective_argument(field: dataclasses.Field):
+    """The ``%tune`` flag of an objective option (``--beta``, ``--reward``): None unless given."""
+    takes = [o.name for o in OBJECTIVES.values() if field.name in {f.name for f in dataclasses.fields(o.options)}]
+    text = f"{field.metadata.get('help', '')} (objectives: {', '.join(takes)})"
+    return argument(flag(field.name), default=None, help=_help(text), **_kind(field))
+
+
 def tune_arguments() -> list:
     """``%tune``'s flags: the settings, the method options, then what only the magic does."""
-    clash = {f.name for f in settings()} & set(option_fields())
-    assert not clash, f"method options named like tune settings: {clash}"
+    clash = ({f.name for f in settings()} | set(option_fields())) & set(objective_fields())
+    clash |= {f.name for f in settings()} & set(option_fields())
+    assert not clash, f"options named like tune settings or each other: {clash}"
     return [
         *(setting_argument(f) for f in settings()),
         argument_group("method options", "each method takes its own (%nbkit methods lists them); one it does "
                                          "not take is an error"),
         *(option_argument(f) for f in option_fields().values()),
+        argument_group("objective options", "for --objective dpo, orpo, kto or grpo (%nbkit objectives lists them)"),
+        *(objective_argument(f) for f in objective_fields().values()),
         argument_group("notebook"),
         argument("--seeds", type=int, metavar="N",
                  help="train N runs, seeds --seed .. --seed+N-1, named NAME-s<seed> (how far the seed alone moves "
@@ -179,7 +190,7 @@ def tune_keywords(args) -> dict:
     keywords = {f.name: getattr(args, f.name) for f in settings() if f.name not in NOT_FLAGS}
     for name, parse in TUNE_PARSERS.items():
         keywords[name] = parse(keywords[name])
-    return {**keywords, **given(args, option_fields())}
+    return {**keywords, **given(args, option_fields()), **given(args, objective_fields())}
 
 
 PROMPT_ARGUMENTS = [
@@ -222,7 +233,8 @@ EVALUATE_ARGUMENTS = [
     argument("--corpus", help="--task retrieval: the documents searched (default the data's own)"),
     argument("--metric", action="append",
              help="with choices: accuracy, f1, precision, recall; free text: exact_match, token_f1, rouge1, "
-                  "rouge2, rougeL, perplexity (repeatable; defaults: accuracy,f1 / exact_match,token_f1,rougeL)"),
+                  "rouge2, rougeL, format, perplexity; preference data: preference_accuracy, margin (repeatable; "
+                  "defaults: accuracy,f1 / exact_match,token_f1,rougeL / preference_accuracy,margin)"),
     argument("--limit", type=int, help="evaluate only the first N rows"),
     argument("--model", help="base model for the prompts (default smollm2-135m), or openai:NAME for an API model"),
     argument("--base-url", help="with --model openai:NAME: the OpenAI-compatible server (default $OPENAI_BASE_URL)"),
@@ -263,7 +275,7 @@ EVALUATE_ARGUMENTS = [
 ]
 
 NBKIT_ARGUMENTS = [
-    argument("what", nargs="?", default="list", choices=["list", "help", "methods", "samples", "login", "power"],
+    argument("what", nargs="?", default="list", choices=["list", "help", "methods", "objectives", "samples", "login", "power"],
              help="list (prompts, runs, models), help, methods, samples, login openai (asks for the API key), or "
                   "power P1 P2 (test rows that tell accuracies P1 and P2 apart)"),
     argument("provider", nargs="*", help="with login: openai; with power: two accuracies, e.g. 0.78 0.85"),

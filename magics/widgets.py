@@ -15,7 +15,7 @@ import html
 import io
 import time
 
-from nbkit.events import Begin, Callback, End, Evaluation, Step, fmt_seconds, task_loss_text
+from nbkit.events import Begin, Callback, End, Evaluation, Step, fmt_seconds, reward_text, task_loss_text
 
 
 def loss_svg(losses: list[float], width: int = 360, height: int = 110) -> str:
@@ -39,8 +39,9 @@ def loss_svg(losses: list[float], width: int = 360, height: int = 110) -> str:
 
 
 def loss_curve_png(losses: list[float], dev: list[tuple[int, float]] = (), metric: str = "accuracy",
-                   title: str = "") -> bytes:
-    """The loss per step (and the dev metric at its evaluations) as a PNG, drawn with matplotlib."""
+                   title: str = "", label: str | None = None) -> bytes:
+    """The loss per step (and the dev metric at its evaluations, or a reward per step) as a PNG, drawn
+    with matplotlib; ``label`` names the second curve (default ``dev METRIC``)."""
     from matplotlib.figure import Figure  # no pyplot: nothing global changes in the user's session
 
     fig = Figure(figsize=(5.6, 2.4), dpi=100, layout="constrained")
@@ -52,7 +53,7 @@ def loss_curve_png(losses: list[float], dev: list[tuple[int, float]] = (), metri
     if dev:
         other = ax.twinx()
         other.plot([s for s, _ in dev], [v for _, v in dev], "o-", color="#DD8452", markersize=4)
-        other.set_ylabel(f"dev {metric}", color="#DD8452")
+        other.set_ylabel(label or f"dev {metric}", color="#DD8452")
     if title:
         ax.set_title(title, fontsize=10)
     buf = io.BytesIO()
@@ -76,6 +77,7 @@ class TuneWidget(Callback):
         self.box.add_class("nbkit-tune-widget")
         self.losses: list[float] = []
         self.dev_values: list[tuple[int, float]] = []
+        self.rewards: list[tuple[int, float]] = []  # GRPO: the mean reward of each step
         self.metric = "accuracy"
         self.name = "tune"
         self._drawn = 0.0
@@ -95,11 +97,14 @@ class TuneWidget(Callback):
 
     def on_step(self, e: Step) -> None:
         self.losses.append(e.loss)
+        if e.rewards and "reward" in e.rewards:
+            self.rewards.append((e.step, e.rewards["reward"]))
         self.bar.value = e.step
         self.status.value = (f"step {e.step}/{e.total_steps} · epoch {e.epoch:.2f} · loss {e.loss:.4f} · "
                              + (f"{e.tokens_per_second:.0f} tok/s · " if e.tokens_per_second else "")  # encoders do not count
                              + f"ETA {fmt_seconds(e.eta)}"
-                             + (f"<br>per task: {html.escape(task_loss_text(e.task_losses))}" if e.task_losses else ""))
+                             + (f"<br>per task: {html.escape(task_loss_text(e.task_losses))}" if e.task_losses else "")
+                             + (f"<br>{html.escape(reward_text(e.rewards))}" if e.rewards else ""))
         now = time.monotonic()
         if now - self._drawn > 0.5 or e.step == e.total_steps:  # a redraw per step floods slow frontends
             self.curve.value = loss_svg(self.losses)
@@ -142,7 +147,9 @@ class TuneWidget(Callback):
         text = f"{self.name}: loss over {len(self.losses)} steps" + (
             f", final loss {loss:.4f}" if isinstance(loss, float) else "") + (
             f"; warning: {e.metrics['warning']}" if e.metrics.get("warning") else "")
-        png = loss_curve_png(self.losses, self.dev_values, self.metric, title=f"{self.name} ({e.status})")
+        reward = self.rewards and not self.dev_values  # a reward run draws its reward where a dev metric would be
+        png = loss_curve_png(self.losses, self.rewards if reward else self.dev_values, self.metric,
+                             title=f"{self.name} ({e.status})", label="mean reward" if reward else None)
         return {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": text}
 
 

@@ -40,3 +40,16 @@ def folder_name(name: str, value) -> None:
     """``value`` must name a folder inside another one: no separators, no leading dot, no NUL."""
     if not isinstance(value, str) or not value or value.startswith(".") or any(c in value for c in "/\\\x00"):
         raise ConfigError(name, f"must be a plain folder name, got {value!r}")
+
+
+def options_of(options: type, values, owner: str):
+    """``options(**values)``, the Nones left to its defaults; a name it does not take is an error naming
+    ``owner`` (``method 'lora'``) and the names it takes."""
+    import dataclasses
+
+    values = {k: v for k, v in (values or {}).items() if v is not None}
+    known = {f.name for f in dataclasses.fields(options)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(unknown[0], f"is not an option of {owner}; it takes: {', '.join(sorted(known)) or 'no options'}")
+    return options(**values)

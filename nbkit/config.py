@@ -39,6 +39,9 @@ class TuneConfig:
     method: str | None = field(default=None, metadata=_help(
         "lora, qlora, dora, ia3, prompt-tuning, p-tuning, prefix-tuning, full or setfit (see %nbkit methods; "
         "default lora, setfit with --task classification)"))
+    objective: str = field(default="sft", metadata=_help(
+        "what a decoder learns from: sft (imitate the target), dpo, orpo (chosen/rejected pairs), kto (good/bad "
+        "completions) or grpo (rewards; see --reward); %nbkit objectives lists them"))
     task: str = field(default="generation", metadata=_help(
         "generation (a decoder learns the target text); classification (an encoder with a head on the "
         "prompt's choices); embedding (an encoder, contrastive, on query/positive pairs)"))
@@ -88,6 +91,8 @@ class TuneConfig:
         "--task embedding: cosine scale of the contrastive loss (default 20, sentence-transformers')"))
     options: dict = field(default_factory=dict, metadata=_help(
         "method options (r, alpha, dropout, …)", cli=False))
+    objective_options: dict = field(default_factory=dict, metadata=_help(
+        "objective options (beta, reward, generations, …)", cli=False))
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -96,6 +101,8 @@ class TuneConfig:
             self.model = DEFAULT_MODEL if self.task == "generation" else DEFAULT_ENCODER
         if self.method is None:
             self.method = default_method(self.task)
+        if not isinstance(self.objective, str) or not self.objective:
+            raise ConfigError("objective", f"must be a name like sft or dpo, got {self.objective!r}")
         if self.epochs is None:
             self.epochs = 1 if self.method == "setfit" else 3
         for name in ("lr", "epochs", "warmup", "scale"):

@@ -203,6 +203,7 @@ def tune_arguments(job: "JobFile") -> tuple[Any, Any, dict]:
         register_prompt(prompt)
     settings = {k: v for k, v in job.settings.items() if k not in DERIVED}
     prompt, data, options = settings.pop("prompt"), settings.pop("data"), settings.pop("options", {}) or {}
+    options.update(settings.pop("objective_options", {}) or {})  # tune tells the objective's from the method's
     return prompt, data, {**settings, **options}
 
 

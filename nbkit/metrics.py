@@ -18,12 +18,19 @@ import string
 from typing import Callable, Sequence
 
 CLASSIFICATION = ("accuracy", "f1", "precision", "recall")
-GENERATION = ("exact_match", "token_f1", "rouge1", "rouge2", "rougeL", "perplexity")
-DEFAULTS = {"classification": ("accuracy", "f1"), "generation": ("exact_match", "token_f1", "rougeL")}
+GENERATION = ("exact_match", "token_f1", "rouge1", "rouge2", "rougeL", "format", "perplexity")
+# preference data (chosen / rejected completions): how often the model scores chosen above rejected, and by how
+# much (the mean difference of their summed log-probabilities, in nats)
+PREFERENCE = ("preference_accuracy", "margin")
+DEFAULTS = {"classification": ("accuracy", "f1"), "generation": ("exact_match", "token_f1", "rougeL"),
+            "preference": PREFERENCE}
 
 
-def kind_of(choices) -> str:
-    return "classification" if choices else "generation"
+def kind_of(choices, columns=()) -> str:
+    """``classification`` (a prompt with choices), ``preference`` (data with chosen and rejected) or ``generation``."""
+    if choices:
+        return "classification"
+    return "preference" if {"chosen", "rejected"} <= set(columns) else "generation"
 
 
 def normalize(text: str) -> str:
@@ -38,6 +45,14 @@ def squad_tokens(text: str) -> list[str]:
     text = "".join(ch for ch in text if ch not in set(string.punctuation))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return text.split()
+
+
+def in_format(output: str, expected: str) -> float:
+    """1 for an answer in the expected one's form: one non-empty line of no more words than it has (a
+    one-word answer where one word is expected), else 0. GRPO's ``format`` reward, and a metric."""
+    text = str(output).strip()
+    words = normalize(text).split()
+    return float(bool(words) and "\n" not in text and len(words) <= max(1, len(normalize(expected).split())))
 
 
 def token_f1(output: str, expected: str) -> float:
@@ -145,6 +160,9 @@ COMPUTE: dict[str, Callable] = {
     "rouge1": lambda frame, labels=None: rouge(frame["output"], frame["expected"], "rouge1"),
     "rouge2": lambda frame, labels=None: rouge(frame["output"], frame["expected"], "rouge2"),
     "rougeL": lambda frame, labels=None: rouge(frame["output"], frame["expected"], "rougeL"),
+    "format": lambda frame, labels=None: _mean(in_format(o, e) for o, e in zip(frame["output"], frame["expected"])),
+    "preference_accuracy": lambda frame, labels=None: _mean(frame["correct"]),
+    "margin": lambda frame, labels=None: _mean(frame["margin"]),
     # exp of the mean negative log-likelihood per expected token, over all tokens of the split
     "perplexity": lambda frame, labels=None: math.exp(frame["nll"].sum() / max(frame["tokens"].sum(), 1)),
 }
@@ -154,7 +172,10 @@ COMPUTE: dict[str, Callable] = {
 PER_ROW: dict[str, Callable] = {
     "accuracy": lambda frame: [float(c) for c in frame["correct"]],
     "exact_match": lambda frame: [float(c) for c in frame["correct"]],
+    "preference_accuracy": lambda frame: [float(c) for c in frame["correct"]],
+    "margin": lambda frame: [float(m) for m in frame["margin"]],
     "token_f1": lambda frame: [token_f1(o, e) for o, e in zip(frame["output"], frame["expected"])],
+    "format": lambda frame: [in_format(o, e) for o, e in zip(frame["output"], frame["expected"])],
     **{kind: (lambda frame, kind=kind: rouge_rows(frame["output"], frame["expected"], kind))
        for kind in ("rouge1", "rouge2", "rougeL")},
 }

@@ -169,9 +169,12 @@ class Prompt:
         return next((c for c in ("question", "query", "text") if c in columns), "question")
 
     def resolve_target(self, columns: Iterable[str]) -> "Prompt":
-        """Return a prompt whose ``target`` is set, defaulting to ``{{ label }}``."""
+        """Return a prompt whose ``target`` is set, defaulting to ``{{ label }}`` (``{{ chosen }}`` on
+        preference data: SFT on a preference set imitates its chosen completions)."""
         if self.target is not None:
             return self
+        if "label" not in columns and {"chosen", "rejected"} <= set(columns):
+            return dataclasses.replace(self, target="{{ chosen }}")
         if "label" not in columns:
             raise ConfigError(
                 "target", f"is not set for prompt {self.name!r} and the data has no `label` column; "

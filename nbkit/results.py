@@ -178,7 +178,7 @@ class Report:
             labels = self.info.get("labels", {}).get(target)
             for name in wanted:
                 value = COMPUTE[name](frame, labels)
-                if name in ("accuracy", "exact_match"):
+                if name in ("accuracy", "exact_match", "preference_accuracy"):
                     low, high = stats.wilson(int(sum(bool(c) for c in frame["correct"])), n)
                 elif name in PER_ROW:
                     low, high = stats.bootstrap(PER_ROW[name](frame), resamples)
@@ -249,7 +249,7 @@ class Report:
                 result = _paired_recomputed(name, pa, pb, self.info.get("labels", {}).get(a), resamples)
                 va, vb = result.pop("a"), result.pop("b")
             test, discordant = "paired bootstrap", None
-            if name in ("accuracy", "exact_match"):  # the rows only one got right: what disagreements() lists
+            if name in ("accuracy", "exact_match", "preference_accuracy"):  # the rows only one got right: what disagreements() lists
                 exact = stats.mcnemar(list(pa["correct"]), list(pb["correct"]))
                 result["p_value"], test, discordant = exact["p_value"], "McNemar", f"{exact['only_a']}/{exact['only_b']}"
             verdict = ("not distinguishable at this size" if result["low"] <= 0 <= result["high"]

@@ -12,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("NBKIT_PROGRESS", "plain")
 
+from nbkit import events  # noqa: E402  (after the environment it reads)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_runs(tmp_path, monkeypatch):
@@ -81,3 +83,23 @@ def chromium_path() -> str | None:
 
 def run(cmd, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+
+
+def adapter_tensors(run):
+    """A run's saved adapter weights, by name."""
+    from safetensors.torch import load_file
+
+    return load_file(str(run.adapter_path / "adapter_model.safetensors"))
+
+
+class SigintAt(events.Callback):
+    """A real Ctrl-C (SIGINT to this process), as a kernel interrupt sends it, at one step."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, e):
+        if e.step == self.step:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)

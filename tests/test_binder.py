@@ -46,7 +46,7 @@ def test_binder_pins_the_ci_versions_and_a_cpu_torch():
     assert {n: (v, ci[n]) for n, v in pins.items() if n in ci and ci[n] != v} == {}
     makefile_torch = re.search(r"torch==([\w.]+)", (ROOT / "Makefile").read_text()).group(1)
     assert pins["torch"] == f"{makefile_torch}+cpu"
-    assert not {"pytest", "nbval", "playwright", "build", "trl", "jupyterlab"} & set(pins)  # runtime only
+    assert not {"pytest", "nbval", "playwright", "build", "jupyterlab"} & set(pins)  # runtime only
     lines = [line.strip() for line in (BINDER / "requirements.txt").read_text().splitlines()]
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
     # binder/ alone: no -r/-c pulling in files from elsewhere in the repository

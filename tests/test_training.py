@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import nbkit
+from conftest import SigintAt, adapter_tensors
 from nbkit import events
 from nbkit.errors import RunExistsError, TrainingInterrupted
 
@@ -124,41 +125,21 @@ def test_qlora_unpacks_layers_bitsandbytes_packed_for_inference():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def _adapter_tensors(run):
-    from safetensors.torch import load_file
-
-    return load_file(str(run.adapter_path / "adapter_model.safetensors"))
-
-
-class _SigintAt(events.Callback):
-    """A real Ctrl-C (SIGINT to this process), as a kernel interrupt sends it, at one step."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step(self, e):
-        if e.step == self.step:
-            import os
-            import signal
-
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_same_seed_same_adapter_and_an_interrupted_run_resumes_to_the_same_adapter(intent_prompt):
     settings = dict(max_steps=12, batch_size=4, seed=3, callbacks=[])
     first = nbkit.tune(intent_prompt, "sample:intent", name="first", **settings)
     again = nbkit.tune(intent_prompt, "sample:intent", name="again", **settings)
-    a, b = _adapter_tensors(first), _adapter_tensors(again)
+    a, b = adapter_tensors(first), adapter_tensors(again)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # reproducible on the CPU
 
     with pytest.raises(TrainingInterrupted) as e:
-        nbkit.tune(intent_prompt, "sample:intent", name="cut", **{**settings, "callbacks": [_SigintAt(5)]})
+        nbkit.tune(intent_prompt, "sample:intent", name="cut", **{**settings, "callbacks": [SigintAt(5)]})
     cut = e.value.run
     assert cut.status == "interrupted" and not cut.has_adapter()
     assert (cut.path / "checkpoints" / "checkpoint-5").is_dir()  # saved at the step boundary, not lost
     resumed = nbkit.tune(intent_prompt, "sample:intent", name="cut", resume=True, **settings)
     assert resumed.status == "completed" and [h["step"] for h in resumed.history] == list(range(1, 13))
-    c = _adapter_tensors(resumed)
+    c = adapter_tensors(resumed)
     for k in a:
         assert torch.allclose(a[k], c[k], atol=1e-6), k
 
@@ -166,7 +147,7 @@ def test_same_seed_same_adapter_and_an_interrupted_run_resumes_to_the_same_adapt
 def test_resume_refuses_changed_settings(intent_prompt):
     with pytest.raises(TrainingInterrupted):
         nbkit.tune(intent_prompt, "sample:intent", name="r", max_steps=12, batch_size=4,
-                   callbacks=[_SigintAt(2)])
+                   callbacks=[SigintAt(2)])
     with pytest.raises(nbkit.errors.ConfigError, match="lr"):
         nbkit.tune(intent_prompt, "sample:intent", name="r", max_steps=12, batch_size=4, lr=1e-3, resume=True)
 

@@ -60,7 +60,9 @@ def evaluate(
         split: which split to score; ``test`` by default.
         metric: for prompts with choices ``accuracy``, ``f1``, ``precision``, ``recall`` (macro;
             default accuracy and f1); for free text ``exact_match``, ``token_f1``, ``rouge1``,
-            ``rouge2``, ``rougeL``, ``perplexity`` (default exact_match, token_f1, rougeL).
+            ``rouge2``, ``rougeL``, ``format`` (one line, no longer than the expected answer), ``perplexity``
+            (default exact_match, token_f1, rougeL); on preference data (``chosen`` and ``rejected``
+            columns) ``preference_accuracy`` and ``margin``, the default there.
             See :mod:`nbkit.metrics`.
         limit: score only the first ``limit`` rows.
         scoring: ``sum`` (log-likelihood of the label) or ``mean`` (length-normalised).
@@ -126,7 +128,8 @@ def score(prepared_targets: Sequence[tuple[Target, Prompt, list[str]]], rows, tr
         started = time.monotonic()
         try:
             out = predict(t, p, rows, train_rows, scoring=scoring, batch_size=batch_size,
-                          perplexity="perplexity" in names, api=api)
+                          perplexity="perplexity" in names, api=api,
+                          preference=bool(set(names) & {"preference_accuracy", "margin"}))
         except NbkitError:
             raise
         except Exception as e:  # keep the finished targets; report this one
@@ -148,7 +151,8 @@ def score(prepared_targets: Sequence[tuple[Target, Prompt, list[str]]], rows, tr
     info = {
         **dict(info or {}), "rows": len(rows), "metrics": metric_names, "errors": errors, "seconds": seconds,
         "labels": {t.label: p.choices for t, p, _ in prepared_targets if p.choices and t.label in results},
-        "scoring": f"label log-likelihood ({scoring})" if has_choices else "greedy generation",
+        "scoring": f"label log-likelihood ({scoring})" if has_choices else "chosen vs rejected log-likelihood"
+        if any(set(n) & {"preference_accuracy", "margin"} for *_, n in prepared_targets) else "greedy generation",
     }
     if api_stats:  # what the API targets cost, and how their labels were chosen
         info["api"] = api_stats

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from ..config import DEFAULT_MODEL
 from ..data import load_data
 from ..errors import ConfigError, NbkitError
-from ..metrics import CLASSIFICATION, DEFAULTS, GENERATION, kind_of
+from ..metrics import CLASSIFICATION, DEFAULTS, GENERATION, PREFERENCE, kind_of
 from ..prompts import Prompt
 from ..predict import Target
 from ..runs import Run
@@ -63,11 +63,13 @@ def targets(prompts, runs, model, namespace, data=None) -> list[Target]:
     return found
 
 
-def metrics_for(prompt: Prompt, metric) -> list[str]:
-    """The metrics asked for (default: the prompt kind's), each checked to fit the prompt."""
-    kind = kind_of(prompt.choices)
-    allowed = CLASSIFICATION if kind == "classification" else GENERATION
-    chosen = as_list(metric) or list(DEFAULTS[kind])
+def metrics_for(prompt: Prompt, metric, columns=()) -> list[str]:
+    """The metrics asked for (default: the prompt kind's, or the preference metrics on data with chosen and
+    rejected completions), each checked to fit the prompt."""
+    kind = kind_of(prompt.choices, columns)
+    allowed = {"classification": CLASSIFICATION, "preference": PREFERENCE + GENERATION}.get(kind, GENERATION)
+    # --metric exact_match,token_f1 and --metric exact_match --metric token_f1 say the same
+    chosen = [m.strip() for item in as_list(metric) for m in str(item).split(",") if m.strip()] or list(DEFAULTS[kind])
     for m in chosen:
         if m not in allowed:
             what = "a classification prompt (with choices)" if prompt.choices else "a free-text prompt"
@@ -90,7 +92,10 @@ def prepared(found: list[Target], columns, metric) -> list[tuple[Target, Prompt,
     for t in found:
         p = t.prompt.resolve_target(columns)
         p.check(columns)
-        names = metrics_for(p, metric)
+        names = metrics_for(p, metric, columns)
+        if set(names) & set(PREFERENCE) and t.family != "decoder":
+            raise ConfigError("metric", "preference metrics compare a decoder's log-probabilities of the chosen and "
+                              f"rejected completions; {t.label!r} is not a decoder")
         if "perplexity" in names and t.family == "seq2seq":
             raise ConfigError("metric", "perplexity is for decoders; an encoder-decoder is scored on its generations")
         if "perplexity" in names and t.family == "api":

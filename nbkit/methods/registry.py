@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from ..checks import options_of
 from ..errors import ConfigError, UnknownNameError
 
 
@@ -64,13 +65,7 @@ class Method:
 
     def make_options(self, values: Mapping[str, Any] | None = None):
         """Validated options from ``values``; unknown names raise naming the valid ones."""
-        values = {k: v for k, v in (values or {}).items() if v is not None}
-        known = {f.name for f in dataclasses.fields(self.options)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            takes = ", ".join(sorted(known)) or "no options"
-            raise ConfigError(unknown[0], f"is not an option of method {self.name!r}; it takes: {takes}")
-        return self.options(**values)
+        return options_of(self.options, values, f"method {self.name!r}")
 
 
 METHODS: dict[str, Method] = {}

@@ -20,7 +20,7 @@ from ..models import family_of, load_model
 from ..prompts import Prompt
 from ..runs import Run
 from .api import predict as predict_api
-from .decoder import predict_decoder
+from .decoder import predict_decoder, predict_preference
 from .encoder import predict_classifier
 from .seq2seq import predict_seq2seq
 
@@ -76,6 +76,8 @@ def _decoder(target: Target, prompt, rows, train_rows, settings: Mapping) -> Pre
     tokenizer = loaded.tokenizer if target.run is None else run_tokenizer(target.run.chat, loaded.tokenizer,
                                                                           target.run.name)
     with loaded.adapter(target.adapter) as lm:
+        if settings.get("preference"):
+            return Prediction(predict_preference(lm, tokenizer, prompt, rows, train_rows, settings["batch_size"]))
         return Prediction(predict_decoder(lm, tokenizer, prompt, rows, train_rows, settings["scoring"],
                                           settings["batch_size"], perplexity=settings["perplexity"]))
 
@@ -111,7 +113,7 @@ PREDICTORS: dict[str, Callable[..., Prediction]] = {
 
 
 def predict(target: Target, prompt: Prompt, rows, train_rows, *, scoring: str = "sum", batch_size: int = 16,
-            perplexity: bool = False, api: Mapping | None = None) -> Prediction:
+            perplexity: bool = False, api: Mapping | None = None, preference: bool = False) -> Prediction:
     """``target``'s predictions on ``rows`` (shots drawn from ``train_rows``), by its family's predictor.
 
     Args:
@@ -123,6 +125,8 @@ def predict(target: Target, prompt: Prompt, rows, train_rows, *, scoring: str = 
         batch_size: sequences per forward pass.
         perplexity: also score the expected text's log-likelihood (decoders).
         api: ``base_url``, ``cache``, ``concurrency`` for API targets.
+        preference: score each row's ``chosen`` against its ``rejected`` completion (decoders).
     """
-    settings = {"scoring": scoring, "batch_size": batch_size, "perplexity": perplexity, "api": dict(api or {})}
+    settings = {"scoring": scoring, "batch_size": batch_size, "perplexity": perplexity, "api": dict(api or {}),
+                "preference": preference}
     return PREDICTORS[target.family](target, prompt, rows, train_rows, settings)

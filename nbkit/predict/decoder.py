@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..encoding import encode_choice, encode_contexts
+from ..encoding import encode, encode_choice, encode_contexts
 from ..errors import ConfigError, DataError
 from ..inference import completion_logprobs, generate, score_choices
 from ..metrics import normalize
@@ -38,3 +38,24 @@ def predict_decoder(lm, tokenizer, prompt: Prompt, rows, train_rows, scoring: st
         frame["nll"] = [-x for x in completion_logprobs(lm, tokenizer.pad_token_id, contexts, targets, batch_size)]
         frame["tokens"] = [len(t) for t in targets]
     return frame
+
+
+def predict_preference(lm, tokenizer, prompt: Prompt, rows, train_rows, batch_size: int):
+    """One row per example: whether the model gives ``chosen`` a higher log-probability than ``rejected``
+    (each with the end token, as preference tuning trained them), and the difference, ``margin`` (nats)."""
+    import pandas as pd
+
+    contexts = encode_contexts(prompt, rows, tokenizer, train_rows)
+    scored = {}
+    for column in ("chosen", "rejected"):
+        missing = [i + 1 for i, row in enumerate(rows) if not str(row.get(column) or "").strip()]
+        if missing:
+            raise DataError(f"row {missing[0]} has no {column!r} completion: preference metrics need both")
+        targets = [encode(prompt, row, tokenizer, target=str(row[column]))[1] for row in rows]
+        scored[column] = completion_logprobs(lm, tokenizer.pad_token_id, contexts, targets, batch_size)
+    margins = [c - r for c, r in zip(scored["chosen"], scored["rejected"])]
+    return pd.DataFrame({"input": [prompt.render(row) for row in rows],
+                         "output": ["chosen" if m > 0 else "rejected" for m in margins],
+                         "expected": ["chosen"] * len(rows), "correct": [m > 0 for m in margins],
+                         "margin": margins, "chosen_logprob": scored["chosen"],
+                         "rejected_logprob": scored["rejected"]})

@@ -19,6 +19,7 @@ from .. import events
 from ..config import DEFAULT_MODEL, TASKS, TuneConfig, default, default_method
 from ..errors import ConfigError
 from ..models import family_of
+from ..objectives import get_objective, objective_fields
 from ..prompts import Prompt
 from ..runs import Run, Runs, safe_name
 from .callbacks import Terminated
@@ -30,7 +31,7 @@ __all__ = ["Terminated", "TuneConfig", "tune"]
 
 # the settings every run records; the rest of tune's keyword arguments are the method's options
 SETTINGS = {f.name for f in dataclasses.fields(TuneConfig)} - {"prompt", "data", "task", "architecture", "labels",
-                                                              "options"}
+                                                              "options", "objective_options"}
 
 
 def tune(
@@ -59,7 +60,7 @@ def tune(
         data: a data spec (see :func:`nbkit.load_data`); its ``train`` split is used. For
             multi-task training a list of specs, one per prompt (a single spec or a single
             prompt is used for every task). A list of dicts is one data set, not several.
-        model, method, epochs, max_steps, lr, batch_size, grad_accum, max_length, warmup, seed,
+        model, method, objective, epochs, max_steps, lr, batch_size, grad_accum, max_length, warmup, seed,
         precision, gradient_checkpointing, dev, eval_every, patience, save_every, weights,
         pooling, corpus, scale: the run's settings; each is declared once, with its default and
             meaning, on :class:`nbkit.config.TuneConfig` (``%tune?`` shows the same texts). ``dev``
@@ -78,14 +79,14 @@ def tune(
             ``nbkit.evaluate(run=runs)`` scores each, ``report.seeds()`` gives their mean and spread.
         task: ``generation`` (the default: a decoder learns the target text), ``classification``
             (an encoder with a head) or ``embedding`` (an encoder, contrastive).
-        **options: method options (``r``, ``alpha``, ``dropout``, ``target_modules``, ``virtual_tokens``, …;
-            ``%nbkit methods`` lists them).
+        **options: the method's (``r``, ``alpha``, ``dropout``, …; ``%nbkit methods``) and the objective's
+            (``beta``, ``reward``, ``reward_fn``: a function or its name, …; ``%nbkit objectives``).
 
     Returns:
         The :class:`Run`, completed (the job file's path with ``export``).
 
-    Under ``torchrun`` / ``accelerate launch`` every process calls this; they train data-parallel
-    with ``batch_size`` split between them, and only the first writes the run directory.
+    Under ``torchrun`` / ``accelerate launch`` every process calls this (data-parallel, ``batch_size``
+    split between them); only the first writes the run directory.
 
     Raises:
         ConfigError, UnknownNameError, TemplateError, DataError: before any model loads.
@@ -96,7 +97,7 @@ def tune(
     if seeds is not None:
         return _tune_seeds(prompt, data, seeds, settings, task=task, resume=resume, overwrite=overwrite,
                            export=export, namespace=namespace, callbacks=callbacks)
-    options = {k: settings.pop(k) for k in list(settings) if k not in SETTINGS}
+    options = split_options(settings)
     if settings.get("weights") is not None:
         settings["weights"] = list(settings["weights"])
     callbacks = list(callbacks) if callbacks is not None else [events.PlainProgress()]
@@ -104,6 +105,7 @@ def tune(
     family = family_of(settings.get("model") or DEFAULT_MODEL) if task == "generation" else "encoder"
     if task == "generation" and prompt is None:
         raise ConfigError("prompt", "is needed: which prompt formats the data? (only --task embedding goes without)")
+    check_objective(settings, family, task)
     if family == "decoder":
         return tune_decoder(prompt, data, settings, options, resume=resume, export=export, **common)
     what = f"with task={task!r} (encoder tuning)" if family == "encoder" else "for encoder-decoder models"
@@ -112,6 +114,23 @@ def tune(
             raise ConfigError(name, f"is not supported {what}")
     recipe = {"classification": tune_classifier, "embedding": tune_embedding}.get(task, tune_seq2seq)
     return recipe(prompt, data, settings, options, **common)
+
+
+def check_objective(settings: dict, family: str, task: str) -> None:
+    """An unknown objective, a bad option of it, or one that does not fit the model fails before anything loads."""
+    objective = get_objective(settings.get("objective") or "sft")
+    objective.make_options(settings["objective_options"])
+    if objective.name != "sft" and family != "decoder":
+        raise ConfigError("objective", f"{objective.name!r} tunes a decoder (a causal LM); "
+                          f"{'this task' if task != 'generation' else 'this model'} trains with sft only")
+
+
+def split_options(settings: dict) -> dict:
+    """The method's options, taken out of ``settings``; an objective's (beta, reward, …) go to
+    ``settings["objective_options"]``."""
+    options = {k: settings.pop(k) for k in list(settings) if k not in SETTINGS}
+    settings["objective_options"] = {k: options.pop(k) for k in list(options) if k in objective_fields()}
+    return options
 
 
 def _tune_seeds(prompt, data, seeds, settings: dict, **common) -> Runs:

@@ -17,6 +17,12 @@ from ..runs import Run
 from .dev import DevEvaluator, TaskLosses
 
 
+# what TRL's trainers log beside the loss, by the name nbkit shows: GRPO's mean reward and its spread over the
+# step's completions; DPO's / ORPO's / KTO's share of pairs whose chosen completion wins, and its margin
+REWARD_LOGS = {"reward": "reward", "reward_std": "reward_std", "rewards/accuracies": "accuracy",
+               "rewards/margins": "margin"}
+
+
 class Terminated(Exception):
     """SIGTERM: a launcher stopping the job (torchrun does when another process failed) or a scheduler."""
 
@@ -108,6 +114,10 @@ def finish(run: Run, emit, bridge: "Bridge", status: str, error: str | None = No
         values = [x for x in values if math.isfinite(x)]
         if values:
             metrics[f"first_loss_{task}"], metrics[f"train_loss_{task}"] = values[0], final_loss(values)
+    for key, values in bridge.rewards.items():  # the objective's own numbers, first and at the end
+        values = [x for x in values if math.isfinite(x)]
+        if values:
+            metrics[f"first_{key}"], metrics[f"train_{key}"] = values[0], final_loss(values)
     if bridge.evaluations:
         metric = bridge.metric_key
         best = bridge.best_evaluation()
@@ -154,6 +164,7 @@ class Bridge(_bridge_base()):
         self.dev = len(dev_eval.rows) if dev_eval is not None else 0
         self.losses: list[float] = []
         self.task_losses: dict[str, list[float]] = {}  # multi-task: each task's logged losses
+        self.rewards: dict[str, list[float]] = {}  # preference / reward objectives: their logged values
         self.evaluations: list[dict] = []
         self.metric_key = "loss"
         self.step, self.started, self.tokens_per_second = 0, None, 0.0
@@ -205,12 +216,16 @@ class Bridge(_bridge_base()):
         for task, value in tasks.items():
             self.task_losses.setdefault(task, []).append(value)
             row[f"loss_{task}"] = value
+        rewards = {shown: float(logs[key]) for key, shown in REWARD_LOGS.items() if key in logs}
+        for key, value in rewards.items():
+            self.rewards.setdefault(key, []).append(value)
+        row.update(rewards)
         if self.world.main:
             self.run.append_metrics(row)
         self.emit.on_step(events.Step(
             step=self.step, total_steps=state.max_steps, epoch=row["epoch"], loss=loss, learning_rate=row["lr"],
             tokens_per_second=self.tokens_per_second, elapsed=elapsed,
-            eta=elapsed / done * (state.max_steps - self.step), task_losses=tasks or None,
+            eta=elapsed / done * (state.max_steps - self.step), task_losses=tasks or None, rewards=rewards or None,
         ))
         if not math.isfinite(loss):
             control.should_training_stop = True

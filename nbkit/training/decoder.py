@@ -22,11 +22,13 @@ from ..jobfiles import write_job
 from ..memory import estimate_training
 from ..methods import BuildContext, method_for
 from ..models import load_model, load_tokenizer, model_config, pick_device, quantization_config
+from ..objectives import get_objective
 from ..encoding import chat_facts
 from ..runs import Run, free_name, runs_dir, write_json
 from ..session import get_prompt, remember_run
 from .callbacks import Bridge, SoftInterrupt, Terminated, check_finite, finish, last_checkpoint
 from .dev import DevEvaluator, TaskLosses, TasksEvaluator
+from .preference import PreferenceBatches, build_preference_trainer
 from .tasks import Task, examples, load_task, write_inputs
 from .trainer import build_trainer, count_parameters
 
@@ -53,6 +55,9 @@ def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str
     spec = method_for(cfg.method, "decoder", "does not apply to a decoder")
     method_options = spec.make_options(cfg.options)
     cfg.options, cfg.lr = dataclasses.asdict(method_options), cfg.lr or spec.lr
+    objective = get_objective(cfg.objective)
+    objective_options = objective.make_options(cfg.objective_options)
+    cfg.objective_options = recorded(objective_options)
     names = task_names([p.name for p in prompts])
     tasks = [load_task(n, p, d, s, w, cfg, namespace)
              for n, p, d, s, (_, _, w) in zip(names, prompts, datas, [data_spec(d) for d in datas], cfg.tasks)]
@@ -62,8 +67,19 @@ def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str
     if spec.check is not None:
         spec.check(model_cfg, method_options)  # an unfit method fails before any weights load
     quantization_config(spec.quantize, "cpu")  # 4-bit without bitsandbytes fails here, not after loading
-    batches = Batches.of(tasks, load_tokenizer(cfg.model), cfg)  # lengths are checked before weights load too
+    if objective.name != "sft" and len(tasks) > 1:
+        raise ConfigError("objective", f"{objective.name!r} trains one prompt on one data set; multi-task runs use sft")
+    if objective.name != "sft" and spec.kind == "prompt":  # TRL scores completions by position: virtual tokens shift them
+        raise ConfigError("method", f"{cfg.method!r} learns a prompt, and objective {objective.name!r} trains weights of "
+                          "the layers: use lora, qlora, dora, ia3 or full")
+    tokenizer = load_tokenizer(cfg.model)
+    # lengths (and the objective's rows) are checked before weights load too
+    batches = Batches.of(tasks, tokenizer, cfg) if objective.name == "sft" else \
+        PreferenceBatches.of(tasks[0], tokenizer, cfg, objective, objective_options, namespace)
     if export is not None:
+        if callable(getattr(objective_options, "reward_fn", None)):
+            raise ConfigError("reward_fn", "a job file cannot hold a function: define it in the job's notebook, or "
+                              "train here")
         return write_job(export, cfg.to_dict(), [t.prompt for t in tasks], datas, namespace)
     world = distributed.world()
     check_world(world, cfg, sum(len(t.train) for t in tasks))
@@ -84,11 +100,12 @@ def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str
     model = spec.build(loaded.model, method_options,
                        BuildContext(tokenizer=loaded.tokenizer, prompt=tasks[0].prompt, model_path=model_path))
     trainable, total = count_parameters(model)
-    memory = estimate(model_cfg, spec, cfg, loaded, trainable, batches.examples)
+    memory = estimate(model_cfg, spec, cfg, loaded, trainable, batches.lengths)
     run = open_run(cfg, tasks, world, loaded.tokenizer, overwrite=overwrite, resume=resume)
     try:
         trainer = build_trainer(model, loaded, batches.examples, cfg, run, spec, batches.dev_eval,
-                                batches.task_losses)
+                                batches.task_losses) if objective.name == "sft" else build_preference_trainer(
+            model, loaded, batches, cfg, run, spec, objective, objective_options, tasks[0].prompt, namespace)
     except BaseException:
         if world.main and not resume:
             run.discard()  # a run that never trained takes no name and replaces nothing
@@ -96,6 +113,7 @@ def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str
     bridge = Bridge(emit, run, cfg, examples=len(batches.examples), truncated=batches.truncated,
                     trainable=trainable, total=total, memory=memory, dev_eval=batches.dev_eval, world=world)
     trainer.add_callback(bridge)
+    trainer.remove_callback(transformers_printer())  # it prints every log dict
     train(trainer, bridge, run, model, loaded, spec, cfg, memory, resume)
     return remember_run(run)
 
@@ -108,6 +126,10 @@ class Batches:
     truncated: int
     dev_eval: Any
     task_losses: Any
+
+    @property
+    def lengths(self) -> list[int]:
+        return [e["length"] for e in self.examples]
 
     @classmethod
     def of(cls, tasks: list[Task], tokenizer, cfg: TuneConfig) -> "Batches":
@@ -176,6 +198,20 @@ def train(trainer, bridge: Bridge, run: Run, model, loaded, spec, cfg: TuneConfi
     finish(run, bridge.emit, bridge, "completed")
 
 
+def recorded(options) -> dict:
+    """An objective's options as ``config.json`` keeps them: a reward function by its name."""
+    values = dataclasses.asdict(options)
+    if callable(values.get("reward_fn")):
+        values["reward_fn"] = getattr(values["reward_fn"], "__name__", "function")
+    return values
+
+
+def transformers_printer():
+    from transformers.trainer_callback import PrinterCallback
+
+    return PrinterCallback
+
+
 def process_device(world: "distributed.World") -> str:
     """This process's device: under a multi-GPU launch, the GPU of its local rank."""
     device = pick_device()
@@ -195,9 +231,9 @@ def check_world(world: "distributed.World", cfg: TuneConfig, rows: int) -> None:
                           f"an equal share of every batch; use a multiple of {world.size}")
 
 
-def estimate(model_cfg, spec, cfg: TuneConfig, loaded, trainable: int, found: list):
+def estimate(model_cfg, spec, cfg: TuneConfig, loaded, trainable: int, lengths: list[int]):
     """The memory estimate printed before training starts."""
-    longest = max((e["length"] for e in found), default=cfg.max_length)
+    longest = min(max(lengths, default=cfg.max_length), cfg.max_length)
     weight_bytes = 2 if str(getattr(loaded.model, "dtype", "")).endswith(("bfloat16", "float16")) else 4
     return estimate_training(
         model_cfg, method_kind=spec.kind, quantize=spec.quantize, trainable=trainable,

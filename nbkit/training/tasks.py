@@ -76,7 +76,8 @@ def write_inputs(run: Run, cfg: TuneConfig, tasks: list[Task], resume: bool = Fa
     check that the settings are the ones it started with."""
     if resume:
         saved = run.config
-        changed = sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v and k != "name")
+        # a setting the saved run lacks came after it was trained (an older nbkit): it cannot differ
+        changed = sorted(k for k, v in cfg.to_dict().items() if k in saved and saved[k] != v and k != "name")
         if changed:
             raise ConfigError(changed[0], f"differs from the run being resumed ({saved.get(changed[0])!r}); "
                               "resume with the same settings or start a new run")

@@ -73,38 +73,27 @@ def schedule(cfg: TuneConfig, examples: int, dev: bool) -> dict:
 
 
 def checkpointing_args(enabled: bool) -> dict:
-    """Activation checkpointing, under the argument name this transformers version uses."""
+    """Activation checkpointing on or off, under the argument name this transformers version uses (TRL's
+    configs default it on: nbkit's setting must be said either way)."""
     import transformers
 
-    if not enabled:
-        return {}
     names = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
     name = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}} if enabled else {name: False}
 
 
-def build_trainer(model, loaded, examples, cfg: TuneConfig, run: Run, spec, dev_eval: "DevEvaluator | None",
-             task_losses: "TaskLosses | None" = None):
-    import datasets
-    import transformers
-
-    precision = autocast_precision(loaded.device) if cfg.precision == "auto" else cfg.precision
-    plan = schedule(cfg, len(examples), dev_eval is not None)
-    extra_args = {}
-    if dev_eval is not None:
-        extra_args = dict(
-            eval_strategy="steps", eval_steps=plan["eval_steps"], load_best_model_at_end=True,
-            metric_for_best_model=dev_eval.metric, greater_is_better=dev_eval.greater_is_better,
-        )
-    world = distributed.world()
-    if world.distributed:
-        extra_args.update(
+def common_args(cfg: TuneConfig, run: Run, device: str, quantize: str | None, plan: dict) -> dict:
+    """The ``TrainingArguments`` every decoder run shares, whatever its objective (TRL's configs extend them)."""
+    precision = autocast_precision(device) if cfg.precision == "auto" else cfg.precision
+    extra = {}
+    if distributed.world().distributed:
+        extra.update(
             # the batch_size rows of each step are split between the processes: the same updates as one process
             accelerator_config={"split_batches": True},
             ddp_find_unused_parameters=False,
             ddp_timeout=distributed.TIMEOUT_SECONDS,  # a lost process fails the job instead of hanging it
         )
-    args = transformers.TrainingArguments(
+    return dict(
         output_dir=str(run.path / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -120,22 +109,40 @@ def build_trainer(model, loaded, examples, cfg: TuneConfig, run: Run, spec, dev_
         save_strategy="steps",
         save_steps=plan["save_steps"],  # a few checkpoints to resume from, not one per step
         # with a dev set the best checkpoint is kept besides the last, so --resume still finds the last
-        save_total_limit=2 if dev_eval is not None else 1,
+        save_total_limit=2 if plan["eval_steps"] else 1,
         report_to="none",
         disable_tqdm=True,
         log_level="error",
         seed=cfg.seed,
         data_seed=cfg.seed,
+        dataloader_pin_memory=False,
+        use_cpu=device == "cpu",
+        optim=optimizer_name(device, quantize),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        **checkpointing_args(cfg.gradient_checkpointing),
+        **extra,
+    )
+
+
+def build_trainer(model, loaded, examples, cfg: TuneConfig, run: Run, spec, dev_eval: "DevEvaluator | None",
+                  task_losses: "TaskLosses | None" = None):
+    import datasets
+    import transformers
+
+    plan = schedule(cfg, len(examples), dev_eval is not None)
+    extra_args = {}
+    if dev_eval is not None:
+        extra_args = dict(
+            eval_strategy="steps", eval_steps=plan["eval_steps"], load_best_model_at_end=True,
+            metric_for_best_model=dev_eval.metric, greater_is_better=dev_eval.greater_is_better,
+        )
+    args = transformers.TrainingArguments(
+        **common_args(cfg, run, loaded.device, spec.quantize, plan),
         # batches of similar length: padding costs compute on every step
         train_sampling_strategy="group_by_length",
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
-        dataloader_pin_memory=False,
-        use_cpu=loaded.device == "cpu",
-        optim=optimizer_name(loaded.device, spec.quantize),
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        **checkpointing_args(cfg.gradient_checkpointing),
         **extra_args,
     )
     dataset = datasets.Dataset.from_list(examples)
@@ -147,7 +154,6 @@ def build_trainer(model, loaded, examples, cfg: TuneConfig, run: Run, spec, dev_
     if task_losses is not None:
         trainer.task_losses = task_losses
         trainer.loss_is_scaled_for_ga = False  # a mean per micro-batch: the Trainer divides by grad_accum
-    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # it prints every log dict
     if dev_eval is not None and cfg.patience:
         trainer.add_callback(transformers.EarlyStoppingCallback(early_stopping_patience=cfg.patience))
     return trainer
