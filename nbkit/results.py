@@ -17,7 +17,7 @@ from typing import Any, Sequence
 PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
 
 
-UNBOUNDED = ("perplexity",)  # metrics not in [0, 1]: in the table, not in the bar chart
+UNBOUNDED = ("perplexity", "margin")  # metrics not in [0, 1]: in the table, not in the bar chart
 
 
 def bar_chart(frame, metrics: list[str], width: int = 420) -> str:

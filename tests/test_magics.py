@@ -48,7 +48,7 @@ def test_bad_flags_raise_usage_error(ip):
 
 def test_user_mistakes_are_short_errors(ip):
     ip.run_cell_magic("prompt", "typo --choices a,b", "Message: {{ txt }}")
-    with pytest.raises(UnknownNameError, match="intent, preference, qa, search, sentiment"):
+    with pytest.raises(UnknownNameError, match="intent, preference, qa, quiz, search, sentiment"):
         ip.run_line_magic("evaluate", "--prompt typo --data sample:nope")
     with pytest.raises(TemplateError, match="txt"):
         ip.run_line_magic("evaluate", "--prompt typo --data sample:intent")

@@ -188,9 +188,14 @@ def test_a_dpo_run_resumes_to_the_same_adapter_is_evaluated_and_exports(pref_pro
     model = AutoModelForCausalLM.from_pretrained(exported.path)
     assert model.config.model_type == "llama"
 
+    held = nbkit.tune(pref_prompt, data, name="dev", dev=4, eval_every=1, **{**settings, "max_steps": 2})
+    assert [e["step"] for e in held.dev_history] == [1, 2] and "eval_loss" in held.dev_history[0]
+    assert held.metrics["best_step"] in (1, 2) and held.metrics["dev_loss"] is not None
+
 
 @pytest.mark.slow
-def test_grpo_rewards_its_samples_with_metrics_and_a_function_and_logs_them(tmp_path):
+def test_grpo_rewards_its_samples_with_metrics_and_a_function_resumes_and_exports(tmp_path):
+    from nbkit.errors import TrainingFailed, TrainingInterrupted
     from nbkit.session import register_prompt
 
     prompt = register_prompt(Prompt("{{ question }} Answer with one word.", name="quiz", target="{{ answer }}"))
@@ -204,20 +209,23 @@ def test_grpo_rewards_its_samples_with_metrics_and_a_function_and_logs_them(tmp_
         seen.append((list(completions), [r["answer"] for r in rows]))
         return [1.0 if len(c.split()) <= 2 else 0.0 for c in completions]
 
-    run = nbkit.tune(prompt, {"train": rows, "test": rows[:2]}, objective="grpo", reward="exact_match",
-                     reward_fn=short, generations=2, batch_size=4, max_new_tokens=6, max_steps=2, callbacks=[])
-    assert run.status == "completed"
+    settings = dict(objective="grpo", reward="exact_match", reward_fn=short, generations=2, batch_size=4,
+                    max_new_tokens=6, max_steps=2, name="quiz-grpo")
+    with pytest.raises(TrainingInterrupted):
+        nbkit.tune(prompt, {"train": rows, "test": rows[:2]}, **settings, callbacks=[SigintAt(1)])
+    run = nbkit.tune(prompt, {"train": rows, "test": rows[:2]}, **settings, resume=True, callbacks=[])
+    assert run.status == "completed" and [h["step"] for h in run.history] == [1, 2]
     assert run.config["objective_options"]["reward_fn"] == "short"  # recorded by name: config.json stays JSON
     assert {"reward", "reward_std"} <= set(run.history[0]) and "train_reward" in run.metrics
-    assert len(seen) == 2 and all(len(c) == 4 for c, _ in seen)  # 2 prompts x 2 generations per step
+    assert len(seen) == 2 and all(len(c) == 4 for c, _ in seen)  # 2 prompts x 2 generations per step, 2 steps
     answers = {a for _, batch in seen for a in batch}
     assert answers <= {r["answer"] for r in rows}  # the function saw each completion's own row
     report = nbkit.evaluate(prompt=prompt, run=run, data={"train": rows, "test": rows}, metric="exact_match,format")
     assert len(report.frame) == 2 and list(report.frame.columns[:2]) == ["exact_match", "format"]
 
-    from nbkit.errors import TrainingFailed
-
     with pytest.raises(TrainingFailed, match="returned 1 rewards for 4 completions") as e:
         nbkit.tune(prompt, {"train": rows, "test": rows[:2]}, objective="grpo", reward_fn=lambda c, r: [1.0],
                    generations=2, batch_size=4, max_new_tokens=4, max_steps=1, callbacks=[], name="bad-reward")
     assert e.value.run.status == "failed"  # marked and kept
+    exported = nbkit.export(run, tmp_path / "merged")
+    assert exported.merged and exported.max_logit_diff < 1e-3

@@ -133,8 +133,8 @@ class PreferenceBatches:
                     objective.data) if task.dev else []
         if objective.data == "rewards":
             reward_functions(options, task.prompt, namespace)  # a reward that cannot score these rows fails now
-            world = cfg.batch_size * cfg.grad_accum
-            if world % options.generations:
+            completions = cfg.batch_size * cfg.grad_accum  # per optimizer step: groups of --generations
+            if completions % options.generations:
                 raise ConfigError("batch_size", f"{cfg.batch_size} x grad_accum {cfg.grad_accum} completions per "
                                   f"step do not split into groups of --generations {options.generations}; use a "
                                   f"multiple of {options.generations}")
