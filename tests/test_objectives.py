@@ -229,3 +229,19 @@ def test_grpo_rewards_its_samples_with_metrics_and_a_function_resumes_and_export
     assert e.value.run.status == "failed"  # marked and kept
     exported = nbkit.export(run, tmp_path / "merged")
     assert exported.merged and exported.max_logit_diff < 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, objective", [("qlora", "kto"), ("dora", "orpo"), ("ia3", "dpo"), ("full", "grpo")])
+def test_every_objective_trains_with_the_methods_that_apply(pref_prompt, method, objective):
+    """One step of each objective, each on another method: the adapter (or model) is saved and scores."""
+    from nbkit.session import register_prompt
+
+    quiz = register_prompt(Prompt("{{ question }} Answer with one word.", name="quiz", target="{{ answer }}"))
+    splits = nbkit.load_data("sample:quiz")
+    data = {"train": list(splits["train"])[:4], "test": list(splits["test"])[:2]}
+    grpo = dict(reward="exact_match,format", generations=2, max_new_tokens=4) if objective == "grpo" else {}
+    run = nbkit.tune(quiz if grpo else pref_prompt, data if grpo else _pairs(4, 2), method=method,
+                     objective=objective, max_steps=1, batch_size=4, callbacks=[], **grpo)
+    assert run.status == "completed" and run.config["method"] == method and len(run.history) == 1
+    assert run.has_adapter()
