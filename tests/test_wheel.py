@@ -19,12 +19,20 @@ def _run(cmd, **kwargs):
 
 
 def test_wheel_has_one_import_name_and_loads_the_extension_in_a_fresh_venv(tmp_path):
-    _run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(ROOT)], timeout=600)
-    wheel = next((tmp_path / "dist").glob("nbkit-*.whl"))
-    names = zipfile.ZipFile(wheel).namelist()
+    built = _run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(ROOT)],
+                 timeout=600)
+    assert "absent from the `packages` configuration" not in built.stdout + built.stderr  # no page of warnings
+    # the distribution's name is ours (`nbkit` on the index is another project); the import name is nbkit
+    wheel = next((tmp_path / "dist").glob("nbkit_lm-*.whl"))
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
+    metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "\nName: nbkit-lm\n" in metadata
     top = {n.split("/")[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"nbkit"}
-    assert "nbkit/magics/magics.py" in names and "nbkit/samples/intent/train.jsonl" in names
+    assert "nbkit/magics/magics.py" in names
+    shipped = {str(p.relative_to(ROOT)) for p in (ROOT / "nbkit" / "samples").glob("*/*") if p.suffix in (".jsonl", ".md")}
+    assert shipped and shipped <= set(names), sorted(shipped - set(names))  # every data set and its README
     assert not any(n.startswith(("magics/", "tests/")) for n in names)
 
     venv = tmp_path / "venv"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from ..errors import ConfigError, MissingDependencyError
+from ..errors import ConfigError, MissingDependencyError, install_extra
 
 QUANTIZE = (None, "4bit", "8bit")
 
@@ -62,7 +62,7 @@ def quantization_config(quantize: str | None, device: str):
         return None
     if importlib.util.find_spec("bitsandbytes") is None:
         raise MissingDependencyError("bitsandbytes", f"{quantize} quantization (QLoRA)",
-                                     "pip install 'nbkit[quant]', or use --method lora on a full-precision base")
+                                     install_extra("quant") + ", or use --method lora on a full-precision base")
     from transformers import BitsAndBytesConfig
 
     if quantize == "8bit":

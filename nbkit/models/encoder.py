@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError, MissingDependencyError
+from ..errors import ConfigError, MissingDependencyError, install_extra
 from ..hf import quiet
 from ..runs import saved_version
 from ..session import current, get_run
@@ -142,7 +142,7 @@ def sentence_transformer(source: str, device: str, pooling: str | None):
         from sentence_transformers.sentence_transformer import modules as st_models
     except ImportError:
         raise MissingDependencyError("sentence-transformers", "encoders (embeddings, semantic search)",
-                                     "pip install 'nbkit[embed]'") from None
+                                     install_extra("embed")) from None
     has_modules = (Path(source) / "modules.json").exists()
     with quiet():
         if has_modules and pooling is None:
@@ -186,7 +186,7 @@ def load_setfit(run, device: str):
     try:
         from setfit import SetFitModel
     except ImportError:
-        raise MissingDependencyError("setfit", f"run {run.name!r} (--method setfit)", "pip install 'nbkit[embed]'") \
+        raise MissingDependencyError("setfit", f"run {run.name!r} (--method setfit)", install_extra("embed")) \
             from None
 
     def load():

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from ..config import TuneConfig
 from ..encoding import end_text
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, install_extra
 from ..prompts import Prompt
 from .rewards import reward_functions
 from .trainer import common_args
@@ -126,7 +126,7 @@ class PreferenceBatches:
 
         if importlib.util.find_spec("trl") is None:
             raise ConfigError("objective", f"{objective.name!r} trains through TRL, which is not installed: "
-                              "pip install 'nbkit[rl]'")
+                              + install_extra("rl"))
         check_prompt(task.prompt, objective.name)
         train = texts(task.prompt, check_rows(task.train, objective.data, task.prompt), tokenizer, objective.data)
         dev = texts(task.prompt, check_rows(task.dev, objective.data, task.prompt, "dev"), tokenizer,

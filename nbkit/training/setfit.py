@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from ..errors import ConfigError, MissingDependencyError
+from ..errors import ConfigError, MissingDependencyError, install_extra
 from ..models import pick_device
 from ..models.encoder import features, sentence_transformer
 from ..runs import Run
@@ -28,7 +28,7 @@ def setfit_pairs(texts: Sequence[str], labels: Sequence[int], iterations: int) -
         from setfit.sampler import ContrastiveDataset
     except ImportError:
         raise MissingDependencyError("setfit", "--method setfit (the default of --task classification)",
-                                     "pip install 'nbkit[embed]'") from None
+                                     install_extra("embed")) from None
     if len(set(labels)) < 2:
         raise ConfigError("data", "has one label only; a classifier needs rows of at least two")
     pairs = list(ContrastiveDataset(list(texts), list(labels), multilabel=False, num_iterations=iterations))
