@@ -18,8 +18,8 @@ from IPython.core.magic_arguments import magic_arguments
 
 from .evaluating import evaluate_mode
 from .listing import HELP, listing, methods_text, objectives_text, power_text
-from .options import (EVALUATE_ARGUMENTS, NBKIT_ARGUMENTS, PROMPT_ARGUMENTS, arguments, expand, split_csv,
-                      tune_arguments, tune_keywords)
+from .options import (EVALUATE_ARGUMENTS, NBKIT_ARGUMENTS, PROMPT_ARGUMENTS, arguments, expand, help_first,
+                      split_csv, tune_arguments, tune_keywords)
 from .progress import callbacks
 
 
@@ -40,6 +40,7 @@ class NbkitMagics(Magics):
             self.shell.user_ns[name] = value
         return value
 
+    @help_first
     @magic_arguments()
     @arguments(PROMPT_ARGUMENTS)
     @no_var_expand
@@ -82,6 +83,7 @@ class NbkitMagics(Magics):
                           cache=not args.no_cache, namespace=self.shell.user_ns)
         return self._bind(args.output, result)
 
+    @help_first
     @magic_arguments()
     @arguments(tune_arguments())
     @no_var_expand
@@ -118,6 +120,7 @@ class NbkitMagics(Magics):
                   f"(or torchrun --nproc-per-node N -m nbkit tune --config {run})")
         return self._bind(args.output, run)
 
+    @help_first
     @magic_arguments()
     @arguments(EVALUATE_ARGUMENTS)
     @no_var_expand
@@ -136,6 +139,7 @@ class NbkitMagics(Magics):
         args = self._parse(self.evaluate, line)
         return self._bind(args.output, evaluate_mode(args, self.evaluate.parser, self.shell.user_ns))
 
+    @help_first
     @magic_arguments()
     @arguments(NBKIT_ARGUMENTS)
     @no_var_expand

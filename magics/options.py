@@ -81,6 +81,19 @@ def arguments(decorators):
     return apply
 
 
+def help_first(func):
+    """Put what a magic does before its usage in ``%tune?``: IPython's ``magic_arguments`` writes the usage
+    block first, under a bare ``::``, and the one-line description and the example after 20 lines of it."""
+    doc = func.__doc__ or ""
+    if doc.startswith("::"):
+        usage, _, rest = doc[2:].strip("\n").partition("\n\n")
+        lines = rest.splitlines()
+        # the argument groups start at the first unindented "title:" line after the description
+        groups = next((i for i, line in enumerate(lines) if re.fullmatch(r"[A-Za-z][\w ,()/-]*:", line)), len(lines))
+        func.__doc__ = "\n".join(lines[:groups]).rstrip() + "\n\nUsage::\n\n" + usage + "\n\n" + "\n".join(lines[groups:])
+    return func
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

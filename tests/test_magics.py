@@ -88,6 +88,10 @@ def test_tune_help_lists_options(ip):
     doc = ip.find_line_magic("tune").__doc__
     for option in ("--method", "--epochs", "--lr", "--r", "--resume", "--precision", "-o"):
         assert option in doc
+    # `%tune?` opens with what it does and an example, then the usage block (not a bare `::` and 20 lines)
+    assert doc.startswith("Fine-tune a model") and doc.index("Example::") < doc.index("Usage::") < doc.index("--lr")
+    for name, kind in (("prompt", "cell"), ("evaluate", "line"), ("nbkit", "line")):
+        assert not ip.magics_manager.magics[kind][name].__doc__.startswith("::")
 
 
 def test_chat_cell_and_run_table(ip):
