@@ -202,3 +202,19 @@ def reward_text(rewards: dict) -> str:
 def short(text: str, width: int = 60) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def distinct(texts: list[str]) -> list[str]:
+    """Each text without the start and the end that every text shares (a prompt's fixed words), cut at word
+    boundaries and marked with "…": the part that tells the rows apart."""
+    import os
+
+    texts = [str(t) for t in texts]
+    if len(texts) < 2:
+        return texts
+    head = os.path.commonprefix(texts)
+    head = head[:max(head.rfind(" "), head.rfind("\n")) + 1]
+    tail = os.path.commonprefix([t[len(head):][::-1] for t in texts])[::-1]
+    tail = tail[min((i for i in (tail.find(" "), tail.find("\n")) if i >= 0), default=len(tail)):]
+    return [("…" if head else "") + t[len(head):len(t) - len(tail)].strip() + ("…" if tail.strip() else "")
+            for t in texts]

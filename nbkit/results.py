@@ -52,7 +52,9 @@ def bar_chart(frame, metrics: list[str], width: int = 420) -> str:
 def confusion_svg(counts, title: str, cell: int = 34) -> str:
     """A confusion matrix as an SVG heat map: rows expected, columns predicted, counts in the cells."""
     labels, columns = list(counts.index), list(counts.columns)
-    left, top = 90, 40
+    # whole labels, not cut: cells as wide as the longest column label, the margin as the longest row label
+    cell = max(cell, 6 * max((len(str(c)) for c in columns), default=0) + 8)
+    left, top = max(90, 6 * max((len(str(e)) for e in labels), default=0) + 10), 40
     width, height = left + cell * len(columns) + 10, top + cell * len(labels) + 10
     peak = max(int(counts.values.max()), 1)
     parts = [f"<svg class='nbkit-confusion' width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg' "
@@ -60,10 +62,10 @@ def confusion_svg(counts, title: str, cell: int = 34) -> str:
              "</text><text x='0' y='26'>expected ↓ predicted →</text>"]
     for j, c in enumerate(columns):
         parts.append(f"<text x='{left + j * cell + cell / 2}' y='{top - 3}' text-anchor='middle'>"
-                     f"{html.escape(str(c))[:6]}</text>")
+                     f"{html.escape(str(c))}</text>")
     for i, e in enumerate(labels):
         y = top + i * cell
-        parts.append(f"<text x='{left - 4}' y='{y + cell / 2 + 3}' text-anchor='end'>{html.escape(str(e))[:14]}</text>")
+        parts.append(f"<text x='{left - 4}' y='{y + cell / 2 + 3}' text-anchor='end'>{html.escape(str(e))}</text>")
         for j, c in enumerate(columns):
             n = int(counts.iloc[i, j])
             shade = 255 - int(200 * n / peak)
@@ -146,15 +148,17 @@ class Report:
     def disagreements(self, a: str | None = None, b: str | None = None):
         """The examples where exactly one of two targets is right (default: the first and the last).
 
-        Returns a DataFrame with ``input``, ``expected``, each target's output and ``right``
-        (which of the two got it), the examples ``a`` got wrong and ``b`` right first.
+        Returns a DataFrame with ``input`` (without the words every row's input shares), ``expected``, each
+        target's output and ``right`` (which of the two got it), the examples ``a`` got wrong and ``b`` right first.
         """
         import pandas as pd
+        from .events import distinct
 
         names = list(self.predictions)
         a, b = self._target(a), self._target(b if b is not None else names[-1])
         pa, pb = self.predictions[a], self.predictions[b]
-        frame = pd.DataFrame({"input": pa["input"], "expected": pa["expected"], a: pa["output"], b: pb["output"]})
+        frame = pd.DataFrame({"input": distinct(list(pa["input"])), "expected": pa["expected"], a: pa["output"],
+                              b: pb["output"]}, index=pa.index)
         frame["right"] = [b if (not x and y) else a if (x and not y) else None
                           for x, y in zip(pa["correct"], pb["correct"])]
         frame = frame[frame["right"].notna()]

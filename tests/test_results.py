@@ -92,3 +92,17 @@ def test_report_looks_inside_targets(tmp_path):
     saved = report.save(tmp_path, "r")
     lines = (tmp_path / "r-predictions.jsonl").read_text().splitlines()
     assert saved.exists() and len(lines) == 10 and json.loads(lines[-1])["target"] == "p + run"
+
+
+def test_disagreements_show_what_differs_and_the_confusion_matrix_whole_labels():
+    labels = ["entertainment", "politics"]
+    inputs = [f"Which section?\nStory: {story}\nSection:" for story in ("a film opens", "the vote", "tax bill")]
+    expected, prompt_out, run_out = labels[:1] + labels[1:] * 2, ["politics"] * 3, ["entertainment"] + ["politics"] * 2
+    report = Report(pd.DataFrame({"accuracy": [2 / 3, 1.0], "n": [3, 3]}, index=["p", "p + run"]),
+                    {"p": _frame(expected, prompt_out, input=inputs), "p + run": _frame(expected, run_out, input=inputs)},
+                    {"data": "d", "split": "test", "metrics": ["accuracy"], "labels": {"p": labels, "p + run": labels}})
+    # the prompt's words every row shares are cut, at word boundaries: the story is what a reader compares
+    assert report.disagreements()["input"].tolist() == ["…a film opens…"]
+    html = report._repr_html_()
+    assert ">entertainment</text>" in html and ">entert</text>" not in html  # not cut to six letters
+    assert "…a film opens…" in html
