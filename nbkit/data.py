@@ -43,7 +43,7 @@ def load_data(spec: Any, namespace: Mapping[str, Any] | None = None, split: str 
     Returns:
         A ``DatasetDict`` with at least ``train`` and ``test``, or one split.
     """
-    data = _with_test_split(_resolve(spec, namespace or {}))
+    data = _with_test_split(_resolve(spec, namespace or {}), spec)
     for name, part in data.items():
         if len(part) == 0:
             raise DataError(f"the {name!r} split of {_describe(spec)} is empty")
@@ -217,7 +217,11 @@ def _from_object(obj: Any, what: str):
     )
 
 
-def _with_test_split(data):
+_SPLIT_SAID: set = set()  # the data sets whose 80/20 split this process has told the user about
+FEW_TEST_ROWS = 50  # under this many test rows, one row moves an accuracy by more than two points
+
+
+def _with_test_split(data, spec=None):
     import datasets
 
     if "test" in data or "train" not in data:
@@ -227,6 +231,15 @@ def _with_test_split(data):
     if len(data["train"]) < 2:
         raise DataError(f"the data has {len(data['train'])} row(s); at least 2 are needed to split off a test set")
     parts = data["train"].train_test_split(test_size=TEST_FRACTION, seed=SPLIT_SEED)
+    rows = data["train"]
+    said = (_describe(spec), len(rows), json.dumps([rows[0], rows[-1]], sort_keys=True, default=str))
+    if said not in _SPLIT_SAID:  # a split made for the user is said once per data set, with its sizes
+        _SPLIT_SAID.add(said)
+        test = len(parts["test"])
+        print(f"nbkit: {said[0]} has no test split: {test} of its {said[1]} rows are held out as the test split "
+              f"({TEST_FRACTION:.0%}, the same rows every time), {len(parts['train'])} train"
+              + (f"; with under {FEW_TEST_ROWS} test rows one row is {100 / test:.1f} points of accuracy: "
+                 "pass a test split of your own for a measure closer than that" if test < FEW_TEST_ROWS else ""))
     return datasets.DatasetDict({**data, "train": parts["train"], "test": parts["test"]})
 
 

@@ -31,12 +31,19 @@ def test_files(tmp_path):
     assert len(data["train"]) == 15 and len(data["test"]) == 5
 
 
-def test_split_is_deterministic():
+def test_split_is_deterministic_and_said_once_with_its_sizes(capsys):
     rows = [{"text": f"t{i}", "label": "x"} for i in range(50)]
     a = load_data(rows, split="test")
     b = load_data(list(rows), split="test")
     assert a["text"] == b["text"] and len(a) == 10
     assert fingerprint(a) == fingerprint(b)
+    said = capsys.readouterr().out
+    # once, with the row counts, and the warning that 10 test rows measure no closer than 10 points
+    assert said.count("has no test split") == 1 and "10 of its 50 rows" in said and "40 train" in said
+    assert "one row is 10.0 points" in said
+    load_data([{"text": f"u{i}", "label": "x"} for i in range(300)])
+    said = capsys.readouterr().out
+    assert "60 of its 300 rows" in said and "points" not in said  # enough test rows: no warning
 
 
 def test_notebook_variables():
