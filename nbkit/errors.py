@@ -13,6 +13,22 @@ from __future__ import annotations
 DISTRIBUTION = "nbkit-lm"
 
 
+def shown_path(path) -> str:
+    """A path as nbkit prints it: relative to the working directory when it lies under it or under its parent
+    (``../runs/x`` from a notebooks/ folder), so a saved notebook carries no absolute path of the machine that
+    ran it; under ``~`` when in the home; else whole."""
+    import os
+
+    text = os.path.abspath(os.fspath(path))
+    relative = os.path.relpath(text, os.getcwd())
+    if not relative.startswith(os.pardir + os.sep + os.pardir) and relative != os.pardir + os.sep + os.pardir:
+        return relative
+    home = os.path.expanduser("~")
+    if home not in ("/", "") and text.startswith(home.rstrip(os.sep) + os.sep):
+        return os.path.join("~", os.path.relpath(text, home))
+    return text
+
+
 def install_extra(extra: str) -> str:
     """The pip command that adds one of nbkit's extras (``quant``, ``embed``, ``rl``, ...)."""
     return f"pip install '{DISTRIBUTION}[{extra}]'"
@@ -97,7 +113,7 @@ class TrainingInterrupted(NbkitError):
         self.run = run
         super().__init__(
             f"training interrupted at step {run.metrics.get('step', 0)}; run {run.name!r} is marked "
-            f"interrupted in {run.path}"
+            f"interrupted in {shown_path(run.path)}"
         )
 
 
@@ -106,4 +122,4 @@ class TrainingFailed(NbkitError):
 
     def __init__(self, run, reason: str):
         self.run, self.reason = run, reason
-        super().__init__(f"training failed: {reason} (run {run.name!r} marked failed in {run.path})")
+        super().__init__(f"training failed: {reason} (run {run.name!r} marked failed in {shown_path(run.path)})")

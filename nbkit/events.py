@@ -11,6 +11,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from .errors import shown_path
+
 
 @dataclass
 class Begin:
@@ -177,7 +179,7 @@ class PlainProgress(Callback):
         self._print(f"  {text}")
 
     def on_end(self, e: End) -> None:
-        where = f" -> {e.run.path}" if e.run is not None else ""
+        where = f" -> {shown_path(e.run.path)}" if e.run is not None else ""
         detail = f": {e.error}" if e.error else ""
         self._print(f"tune {e.status} after {e.steps} steps in {fmt_seconds(e.elapsed)}{detail}{where}")
         if e.metrics.get("warning"):

@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, NbkitError
+from .errors import ConfigError, NbkitError, shown_path
 from .runs import Run, write_json
 from .session import get_run
 
@@ -38,7 +38,7 @@ class Export:
         check = (f", merged logits within {self.max_logit_diff:.2e} of the adapter's on {self.examples} examples"
                  if self.max_logit_diff is not None else "")
         what = f"GGUF {self.gguf.name}" if self.gguf else "merged model" if self.merged else "adapter"
-        return f"<nbkit.Export {what} at {self.path}{check}>"
+        return f"<nbkit.Export {what} at {shown_path(self.path)}{check}>"
 
 
 FORMATS = ("hf", "gguf")

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 from . import prompts
 from .config import DEFAULT_ENCODER
 from .data import samples_dir
-from .errors import ConfigError, DataError, NbkitError
+from .errors import ConfigError, DataError, NbkitError, shown_path
 from .models import EncoderModel, load_model
 from .runs import runs_dir, write_json
 from .session import current, get_run
@@ -111,7 +111,7 @@ class Index:
 
     def __repr__(self):
         by = f"{self.model} + run {Path(self.run).name}" if self.run else self.model
-        return f"<nbkit.Index {self.path.name}: {len(self.docs)} documents by {by} at {self.path}>"
+        return f"<nbkit.Index {self.path.name}: {len(self.docs)} documents by {by} at {shown_path(self.path)}>"
 
     def __len__(self):
         return len(self.docs)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import RunExistsError, UnknownNameError
+from .errors import RunExistsError, UnknownNameError, shown_path
 
 
 def runs_dir() -> Path:
@@ -164,12 +164,12 @@ class Run:
         loss = self.metrics.get("train_loss")
         loss = f", loss {loss:.4f}" if isinstance(loss, float) else ""
         warning = "; did not learn" if str(self.metrics.get("warning", "")).startswith("did not learn") else ""
-        return f"<nbkit.Run {self.name} ({self.status}{loss}{warning}) at {self.path}>"
+        return f"<nbkit.Run {self.name} ({self.status}{loss}{warning}) at {shown_path(self.path)}>"
 
     def _repr_html_(self):
         m, c = self.metrics, self.config
         rows = [
-            ("status", self.status), ("path", str(self.path)), ("model", c.get("model")),
+            ("status", self.status), ("path", shown_path(self.path)), ("model", c.get("model")),
             ("method", c.get("method")), ("steps", m.get("steps")),
             ("train loss", _fmt(m.get("train_loss"))), ("time", _fmt(m.get("train_seconds"), "s", digits=1)),
             ("tokens/s", _fmt(m.get("tokens_per_second"), digits=0)),

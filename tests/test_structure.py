@@ -159,3 +159,29 @@ def test_every_package_ships_in_the_wheel():
     # each shipped data set is a data-only package (setuptools warns about data folders it was not told of)
     samples = {f"nbkit.samples.{p.name}" for p in (ROOT / "nbkit" / "samples").iterdir() if p.is_dir()}
     assert packages | samples == listed
+
+
+def test_saved_notebooks_carry_no_absolute_path_of_the_machine_that_ran_them():
+    import json
+    import re
+
+    found = []
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            text = json.dumps(cell.get("outputs", []))
+            found += [f"{path.name}: {m}" for m in re.findall(r"(?<![\w.~])/(?:home|root|tmp|work|Users|var)/[^\s\"'<>\\]*", text)]
+    assert found == []
+
+
+def test_paths_are_shown_relative_to_the_working_directory(tmp_path, monkeypatch):
+    from nbkit.errors import shown_path
+
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert shown_path(tmp_path / "notebooks" / "runs" / "a") == "runs/a"
+    assert shown_path(tmp_path / "build" / "runs" / "a") == "../build/runs/a"  # a sibling folder, as `make notebooks`
+    assert shown_path("/") == "/"  # far away: whole
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a" / "b")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert shown_path(tmp_path / "home" / ".cache" / "nbkit") == "~/.cache/nbkit"  # two levels up: under ~

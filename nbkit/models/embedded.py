@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MissingDependencyError, NbkitError
+from ..errors import MissingDependencyError, NbkitError, shown_path
 from ..hf import quiet
 
 
@@ -67,7 +67,8 @@ def embedded_path(name: str) -> Path:
     if (target / "config.json").exists():
         return target
     gguf = embedded_gguf(name)
-    print(f"nbkit: converting {gguf.name} to a safetensors cache in {target} (once, ~20 s)", file=sys.stderr)
+    print(f"nbkit: loading {name} (first time: converting {gguf.name} to a safetensors cache in "
+          f"{shown_path(target)}, ~1 min)…", file=sys.stderr)
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
