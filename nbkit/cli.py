@@ -10,20 +10,39 @@ from .errors import NbkitError
 
 
 def _run(args) -> int:
-    from .jobs import check_parameters, parse_value, run_notebook
+    from .errors import shown_path
+    from .jobs import JobInterrupted, check_parameters, parse_value, run_notebook
 
     if args.list:
         return _list_parameters(args.notebook)
     parameters = {k: parse_value(v) for k, v in args.parameter}
     check_parameters(args.notebook, parameters)  # a wrong file or parameter is said before "running"
     print(f"nbkit: running {args.notebook} {' '.join(f'{k}={v!r}' for k, v in parameters.items())}", flush=True)
-    job = run_notebook(args.notebook, parameters, jobs_dir=args.jobs_dir, kernel=args.kernel)
-    print(f"nbkit: done in {job.seconds:.0f}s; executed notebook: {job.output}")
-    for report in job.reports():
+    try:
+        job = run_notebook(args.notebook, parameters, jobs_dir=args.jobs_dir, kernel=args.kernel, show=not args.quiet)
+    except JobInterrupted as e:
+        print(f"nbkit: stopped: {e}", file=sys.stderr)
+        return 130  # what a shell reports for a command stopped by Ctrl-C
+    print(f"nbkit: done in {job.seconds:.0f}s; executed notebook: {shown_path(job.output)}")
+    reports = job.reports()
+    for number, report in enumerate(reports, 1):
         info = report["info"]
-        print(f"\nevaluation on {info['data']} [{info['split']}], {info['rows']} rows, {info['scoring']}:")
+        print(f"\nevaluation {number} of {len(reports)}: {_compared(list(report['results']))}, on {info['data']} "
+              f"[{info['split']}], {info['rows']} rows, {info['scoring']}:")
         print(_table(report["results"], info["metrics"]))
+    folders = [f"{what} in {shown_path(job.folder / what)}" for what in ("runs", "reports") if (job.folder / what).is_dir()]
+    if folders:
+        print(f"\nnbkit: {' and '.join(folders)}")
     return 0
+
+
+def _compared(targets: list[str]) -> str:
+    """What a report's table holds, in words: a prompt before tuning, or prompts beside tuned runs."""
+    tuned = [t for t in targets if " + " in t]
+    if not tuned:
+        return "before tuning (" + ", ".join(targets) + ")"
+    before = [t for t in targets if " + " not in t]
+    return ("before and after tuning (" if before else "after tuning (") + ", ".join(targets) + ")"
 
 
 def _list_parameters(notebook: str) -> int:
@@ -140,6 +159,7 @@ def main(argv=None) -> int:
                      help="set a parameter of the notebook's parameters cell (repeatable)")
     run.add_argument("--jobs-dir", default="jobs", help="where job folders go (default ./jobs)")
     run.add_argument("--kernel", help="kernel name (default: this Python)")
+    run.add_argument("--quiet", action="store_true", help="print no line per cell and none of the cells' output")
     swp = sub.add_parser("sweep", help="run a notebook once per combination of parameter values; one table")
     swp.add_argument("notebook")
     swp.add_argument("-p", "--parameter", nargs="+", action="append", default=[], metavar=("NAME", "VALUE"),

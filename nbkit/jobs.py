@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import ConfigError, NbkitError
+from .errors import ConfigError, NbkitError, shown_path
 
 
 class JobFailed(NbkitError):
@@ -26,7 +26,19 @@ class JobFailed(NbkitError):
     def __init__(self, job: "NotebookJob", cell_index: int | None, ename: str, evalue: str):
         self.job, self.cell_index, self.ename, self.evalue = job, cell_index, ename, evalue
         where = f"cell {cell_index}" if cell_index is not None else "the kernel"
-        super().__init__(f"{job.notebook.name} failed in {where}: {ename}: {evalue} (output: {job.output})")
+        super().__init__(self.describe(where))
+
+    def describe(self, where: str) -> str:
+        return f"{self.job.notebook.name} failed in {where}: {self.ename}: {self.evalue} (output: {self.job.output})"
+
+
+class JobInterrupted(JobFailed):
+    """The user pressed Ctrl-C during ``nbkit run``: the running cell was interrupted and the job stopped."""
+
+    def describe(self, where: str) -> str:
+        where = where if self.cell_index is not None else "between two cells"
+        return (f"{self.job.notebook.name} interrupted by the user (Ctrl-C) in {where}; the executed notebook so "
+                f"far: {shown_path(self.job.output)}")
 
 
 @dataclass
@@ -105,7 +117,8 @@ def _new_folder(parent: Path, name: str) -> Path:
 
 
 def run_notebook(notebook: str | os.PathLike, parameters: Mapping[str, Any] | None = None,
-                 jobs_dir: str | os.PathLike = "jobs", kernel: str | None = None, name: str | None = None) -> NotebookJob:
+                 jobs_dir: str | os.PathLike = "jobs", kernel: str | None = None, name: str | None = None,
+                 show: bool = False) -> NotebookJob:
     """Execute ``notebook`` with papermill into a new job folder.
 
     Args:
@@ -114,14 +127,18 @@ def run_notebook(notebook: str | os.PathLike, parameters: Mapping[str, Any] | No
         jobs_dir: where job folders are created.
         kernel: kernel name (default: the notebook's, falling back to this Python).
         name: the job folder's name (default ``<notebook>-<time>``; ``-2``… is added if it is taken).
+        show: print each cell as it starts and the cells' printed lines as they come (``nbkit run``).
 
     Returns:
         The finished :class:`NotebookJob`.
 
     Raises:
         JobFailed: a cell raised; the executed notebook is kept in the job folder.
+        JobInterrupted: Ctrl-C, passed on to the kernel as Jupyter's interrupt (see :mod:`.jobwatch`).
     """
     import papermill
+
+    from .jobwatch import Watch
 
     notebook = Path(notebook)
     parameters = dict(parameters or {})
@@ -133,16 +150,18 @@ def run_notebook(notebook: str | os.PathLike, parameters: Mapping[str, Any] | No
     # The kernel inherits them: papermill gives no way to pass a kernel its env (and its cwd is an
     # os.chdir), so this process runs one job at a time; sweep(parallel=N) uses child processes.
     os.environ.update(env)
-    started = time.monotonic()
+    started, watch = time.monotonic(), Watch(show)
     try:
-        papermill.execute_notebook(
-            str(job.notebook), str(job.output), parameters=parameters, cwd=str(job.notebook.parent),
-            kernel_name=kernel, progress_bar=False, log_output=False,
-        )
+        with watch.interruptible():
+            papermill.execute_notebook(
+                str(job.notebook), str(job.output), parameters=parameters, cwd=str(job.notebook.parent),
+                kernel_name=kernel, progress_bar=False, log_output=False, **watch.engine_options(),
+            )
     except papermill.PapermillExecutionError as e:
-        raise JobFailed(job, e.exec_count, e.ename, e.evalue) from None
+        raise (JobInterrupted if watch.interrupted else JobFailed)(job, e.exec_count, e.ename, e.evalue) from None
     except Exception as e:  # a dead kernel, a timeout: failed, not hanging
-        raise JobFailed(job, None, type(e).__name__, str(e)) from None
+        failed = JobInterrupted if watch.interrupted else JobFailed
+        raise failed(job, None, type(e).__name__, str(e)) from None
     finally:
         job.seconds = time.monotonic() - started
         for k, v in saved.items():

@@ -71,6 +71,44 @@ def test_failing_job_reports_cell_and_error(tmp_path):
     assert e.value.job.output.exists()
 
 
+def test_nbkit_run_shows_each_cell_and_ctrl_c_interrupts_the_training_cell_cleanly(tmp_path):
+    """`nbkit run` prints each cell as it starts and the plain training lines; a real SIGINT, as a terminal's
+    Ctrl-C sends it, stops the running %tune as Jupyter's interrupt does: the run is marked interrupted (not
+    killed by SIGTERM), the exit status is 130 and no traceback reaches the terminal."""
+    import json
+    import signal
+    import time
+
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("steps = 400", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("%load_ext nbkit"),
+        nbformat.v4.new_code_cell('%%prompt intent --target "{{ label }}"\nMessage: {{ text }}\nTeam:'),
+        nbformat.v4.new_code_cell("%tune --prompt intent --data sample:intent --max-steps $steps --name ctrl-c"),
+        nbformat.v4.new_code_cell("print('the cell after')"),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, tmp_path / "long.ipynb")
+    proc = subprocess.Popen([sys.executable, "-m", "nbkit", "run", "long.ipynb", "--jobs-dir", "jobs"], cwd=tmp_path,
+                            env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "tune ctrl-c:" not in seen:  # the %tune cell has started training
+        line = proc.stdout.readline()
+        assert line, seen + proc.stderr.read()
+        seen += line
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    seen += out
+    assert proc.returncode == 130, seen + err
+    assert "nbkit: cell 2/5: %load_ext nbkit" in seen and "nbkit: cell 4/5: %tune --prompt intent" in seen
+    assert "nbkit: cell 5/5" not in seen and "the cell after" not in seen  # the job stopped at the interrupted cell
+    assert "interrupted by the user (Ctrl-C) in cell" in err and "Traceback" not in err + seen
+    job = next((tmp_path / "jobs").iterdir())
+    status = json.loads((job / "runs" / "ctrl-c" / "status.json").read_text())
+    assert status["status"] == "interrupted", status
+
+
 @pytest.mark.parametrize("notebook", sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")))
 def test_notebook_passes_nbval(notebook, tmp_path):
     """Strict output comparison; notebooks/sanitize.cfg masks only what legitimately varies."""
