@@ -14,7 +14,7 @@ from .progress import callbacks
 
 # %evaluate flags by the mode they belong to; a flag given in another mode is a usage error
 SEARCH_ONLY = ("words", "selection", "formats", "paraphrases", "name", "strategy", "budget", "triggers", "steps")
-VERSUS_ONLY = ("approaches", "epochs", "max_steps", "progress")
+VERSUS_ONLY = ("approaches", "epochs", "max_steps", "seeds", "progress")
 SEARCH_OR_VERSUS = ("shots", "dev")
 NOT_VERSUS = ("run", "split", "metric", "scoring", "batch_size", "base_url", "no_cache", "concurrency")
 NOT_RETRIEVAL = ("prompt", "metric", "scoring", "base_url", "no_cache")
@@ -78,6 +78,10 @@ def versus(args, namespace):
         keywords["approaches"] = split_csv(args.approaches)
     if args.dev:
         keywords["dev"] = number_or_name(args.dev)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise UsageError(f"--seeds must be a positive number of seeds, got {args.seeds}")
+        keywords["seeds"] = list(range(args.seeds))
     return prompt_vs_finetune(args.prompt[0], args.data, **keywords, namespace=namespace,
                               callbacks=callbacks(args.progress, per_run=True))
 

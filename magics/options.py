@@ -281,6 +281,9 @@ EVALUATE_ARGUMENTS = [
              help="--versus: which of zero-shot,few-shot,searched,prompt-tuning,lora,qlora to run (default all)"),
     argument("--epochs", type=float, help="--versus: passes over train for each tuned run"),
     argument("--max-steps", type=int, help="--versus: stop each tuned run after this many steps instead"),
+    argument("--seeds", type=int, metavar="N",
+             help="--versus: run the searched prompt and each tuned run with seeds 0..N-1, rows APPROACH-s<seed>, "
+                  "and show each approach's mean and spread across seeds"),
     argument("--progress", default="auto", choices=["auto", "widget", "plain", "none"],
              help="--versus: the tuned runs' progress as a live widget, plain lines or nothing (default: widget "
                   "in Jupyter)"),

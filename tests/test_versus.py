@@ -200,3 +200,29 @@ def test_a_stopped_job_stops_the_comparison(intent_prompt, no_model, failing_tun
     with pytest.raises(TrainingFailed):
         nbkit.prompt_vs_finetune(intent_prompt, "sample:intent", approaches=["lora", "qlora"], max_steps=1)
     assert calls == ["lora"]
+
+
+def test_seeds_plan_one_row_per_seed_for_what_a_seed_changes(intent_prompt, no_model):
+    from nbkit.versus import _plan
+
+    assert _plan(["zero-shot", "few-shot", "searched", "lora"], 0, [0, 1]) == [
+        ("zero-shot", "zero-shot", 0), ("few-shot", "few-shot", 0),
+        ("searched-s0", "searched", 0), ("searched-s1", "searched", 1), ("lora-s0", "lora", 0), ("lora-s1", "lora", 1)]
+    for bad in ([], [0, 0], [-1], [True]):
+        with pytest.raises(ConfigError) as e:
+            nbkit.prompt_vs_finetune(intent_prompt, "sample:intent", approaches=["lora"], seeds=bad)
+        assert e.value.field == "seeds"
+
+
+@pytest.mark.slow
+def test_versus_seeds_through_the_magic_report_each_seed_and_their_spread(ip, capsys):
+    ip.run_cell_magic("prompt", 'vss --target "{{ label }}" --choices refund,delivery,account,other', INTENT)
+    report = ip.run_line_magic(
+        "evaluate", "--versus --prompt vss --data sample:intent --approaches zero-shot,lora --seeds 2 --max-steps 2 "
+                    "--limit 8 --progress none")
+    assert list(report.frame.index) == ["zero-shot", "lora-s0", "lora-s1"]
+    assert len(set(report.info["runs"].values())) == 2  # two runs, one per seed
+    spread = report.seeds()
+    assert list(spread.index) == ["lora-s*"] and spread.loc["lora-s*", "seeds"] == 2
+    assert spread.loc["lora-s*", "accuracy_mean"] == pytest.approx(report.frame.loc[["lora-s0", "lora-s1"], "accuracy"].mean())
+    assert "Across seeds" in report._repr_html_()

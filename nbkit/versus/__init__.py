@@ -16,6 +16,7 @@ checks the settings, runs the approaches in turn and builds the table.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import os
 import time
@@ -27,7 +28,7 @@ from ..errors import ConfigError
 from ..prompts import Prompt
 from ..results import Report
 from ..session import get_prompt
-from .approaches import APPROACHES, SHOTS, STEPS, TUNED, Failed, Task, stops_everything
+from .approaches import APPROACHES, SEEDED, SHOTS, STEPS, TUNED, Failed, Task, stops_everything
 from .memory import PeakMemory, release_freed_memory, reset_high_water_mark, status_kib
 
 __all__ = [
@@ -83,6 +84,7 @@ def prompt_vs_finetune(
     limit: int | None = None,
     model: str = DEFAULT_MODEL,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
     dev: float | int | str = 0.25,
     namespace: Mapping[str, Any] | None = None,
     callbacks: Sequence[events.Callback] | None = None,
@@ -108,6 +110,9 @@ def prompt_vs_finetune(
         limit: score only the first ``limit`` test rows.
         model: base model spec (a local model: tuning needs its weights).
         seed: seed of the search's dev split and of the tuned runs.
+        seeds: run the approaches a seed changes (``searched`` and the tuned ones) once per seed instead,
+            as rows ``<approach>-s<seed>``; ``report.seeds()`` then gives each one's mean, standard
+            deviation and range across seeds. Zero-shot and few-shot, which no seed changes, run once.
         dev: the search's dev rows: a fraction or count of train, or a split other than test.
         namespace: where a data variable name is looked up.
         callbacks: progress subscribers for the tuned runs and a note per approach; default
@@ -131,6 +136,7 @@ def prompt_vs_finetune(
     from ..data import load_data
 
     approaches = _check_approaches(approaches)
+    plan = _plan(approaches, seed, seeds)
     base = get_prompt(prompt)
     _check_settings(base, approaches, shots, limit, model, epochs, max_steps, seed)
     splits = load_data(data, namespace)
@@ -143,19 +149,32 @@ def prompt_vs_finetune(
     emit = events.Emitter(task.callbacks)
     meter = PeakMemory(warm_up(model, approaches))
 
-    rows, predictions, errors, seconds, facts = _run_all(task, approaches, emit, meter)
+    rows, predictions, errors, seconds, facts = _run_all(task, plan, emit, meter)
     return _report(task, approaches, splits, rows, predictions, errors, seconds, facts, meter)
 
 
-def _run_all(task: Task, approaches, emit, meter) -> tuple[dict, dict, dict, dict, dict]:
-    """Each approach in turn: ``(rows, predictions, errors, seconds, facts)`` by approach."""
+def _plan(approaches: list[str], seed: int, seeds) -> list[tuple[str, str, int]]:
+    """``(row label, approach, seed)`` in the order of the rows: with ``seeds``, one row per seed for the
+    approaches a seed changes."""
+    if seeds is None:
+        return [(a, a, seed) for a in approaches]
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) \
+            or len(set(seeds)) < len(seeds):
+        raise ConfigError("seeds", f"must be distinct whole numbers of 0 or more, like [0, 1, 2]; got {seeds!r}")
+    return [(f"{a}-s{s}", a, s) if a in SEEDED else (a, a, seed)
+            for a in approaches for s in (seeds if a in SEEDED else seeds[:1])]
+
+
+def _run_all(task: Task, plan, emit, meter) -> tuple[dict, dict, dict, dict, dict]:
+    """Each planned row in turn: ``(rows, predictions, errors, seconds, facts)`` by row label."""
     rows, predictions, errors, seconds, facts = {}, {}, {}, {}, {}
-    for k, approach in enumerate(approaches):
-        emit.on_note(f"prompt vs fine-tune: {approach} ({k + 1} of {len(approaches)})")
+    for k, (approach, step, seed) in enumerate(plan):
+        emit.on_note(f"prompt vs fine-tune: {approach} ({k + 1} of {len(plan)})")
         meter.reset()
         started = time.monotonic()
         try:
-            report, row, facts[approach] = STEPS[approach](task, approach)
+            report, row, facts[approach] = STEPS[step](dataclasses.replace(task, seed=seed), step)
         except Exception as e:  # keep the approaches that worked; report this one
             if stops_everything(e):
                 raise

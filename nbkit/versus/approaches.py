@@ -106,5 +106,7 @@ def _tuned(task: Task, approach: str):
     return _evaluate(task, run=run), row, {"run": run.name}
 
 
+SEEDED = ("searched", *TUNED)  # the approaches a seed changes: the search's dev split, a run's training
+
 STEPS = {"zero-shot": _zero_shot, "few-shot": _few_shot, "searched": _searched,
          **{method: _tuned for method in TUNED}}
