@@ -14,68 +14,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
-
-
-UNBOUNDED = ("perplexity", "margin")  # metrics not in [0, 1]: in the table, not in the bar chart
-
-
-def bar_chart(frame, metrics: list[str], width: int = 420) -> str:
-    """Horizontal grouped bars, one group per row of ``frame``, values in [0, 1]."""
-    metrics = [m for m in metrics if m in frame.columns and m not in UNBOUNDED]
-    if not metrics or frame.empty:
-        return ""
-    bar, gap, label_w = 14, 10, 170
-    height = len(frame) * (len(metrics) * bar + gap) + 24
-    parts = [f"<svg class='nbkit-chart' width='{width + label_w + 60}' height='{height}' "
-             "xmlns='http://www.w3.org/2000/svg' font-family='sans-serif' font-size='11'>"]
-    y = 4
-    for target, row in frame.iterrows():
-        parts.append(f"<text x='{label_w - 6}' y='{y + len(metrics) * bar / 2 + 4}' text-anchor='end'>"
-                     f"{html.escape(str(target))[:28]}</text>")
-        for k, metric in enumerate(metrics):
-            value = row[metric]
-            value = float(value) if value == value else 0.0  # NaN → empty bar
-            w = max(0.0, min(1.0, value)) * width
-            parts.append(f"<rect x='{label_w}' y='{y}' width='{w:.1f}' height='{bar - 2}' fill='{PALETTE[k % 6]}'/>")
-            parts.append(f"<text x='{label_w + w + 4:.1f}' y='{y + bar - 4}'>{value:.3f}</text>")
-            y += bar
-        y += gap
-    legend = "".join(
-        f"<rect x='{label_w + 110 * k}' y='{y + 2}' width='10' height='10' fill='{PALETTE[k % 6]}'/>"
-        f"<text x='{label_w + 110 * k + 14}' y='{y + 11}'>{html.escape(m)}</text>" for k, m in enumerate(metrics)
-    )
-    parts.append(legend + "</svg>")
-    return "".join(parts)
-
-
-def confusion_svg(counts, title: str, cell: int = 34) -> str:
-    """A confusion matrix as an SVG heat map: rows expected, columns predicted, counts in the cells."""
-    labels, columns = list(counts.index), list(counts.columns)
-    # whole labels, not cut: cells as wide as the longest column label, the margin as the longest row label
-    cell = max(cell, 6 * max((len(str(c)) for c in columns), default=0) + 8)
-    left, top = max(90, 6 * max((len(str(e)) for e in labels), default=0) + 10), 40
-    width, height = left + cell * len(columns) + 10, top + cell * len(labels) + 10
-    peak = max(int(counts.values.max()), 1)
-    parts = [f"<svg class='nbkit-confusion' width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg' "
-             f"font-family='sans-serif' font-size='10'><text x='0' y='11' font-weight='bold'>{html.escape(title)[:40]}"
-             "</text><text x='0' y='26'>expected ↓ predicted →</text>"]
-    for j, c in enumerate(columns):
-        parts.append(f"<text x='{left + j * cell + cell / 2}' y='{top - 3}' text-anchor='middle'>"
-                     f"{html.escape(str(c))}</text>")
-    for i, e in enumerate(labels):
-        y = top + i * cell
-        parts.append(f"<text x='{left - 4}' y='{y + cell / 2 + 3}' text-anchor='end'>{html.escape(str(e))}</text>")
-        for j, c in enumerate(columns):
-            n = int(counts.iloc[i, j])
-            shade = 255 - int(200 * n / peak)
-            fill = f"rgb({shade},{shade},255)" if e != c else f"rgb({shade},255,{shade})"
-            parts.append(f"<rect x='{left + j * cell}' y='{y}' width='{cell - 1}' height='{cell - 1}' fill='{fill}'/>"
-                         f"<text x='{left + j * cell + cell / 2}' y='{y + cell / 2 + 3}' text-anchor='middle'>{n}</text>")
-    parts.append("</svg>")
-    return "".join(parts)
-
-
 class Report:
     """An evaluation: one row per target (prompt, or prompt + run), one column per metric.
 
@@ -265,57 +203,27 @@ class Report:
         frame.index.name = "metric"
         return frame
 
-    def _disagreement_html(self) -> str:
-        import pandas as pd
-
-        from .events import short
-
-        names = list(self.predictions)
-        if len(names) < 2:
-            return ""
-        parts = []
-        for other in names[1:4]:  # the first against the next few (a search ranks the best first)
-            d = self.disagreements(names[0], other)
-            gains, losses = d[d["right"] == other], d[d["right"] == names[0]]
-            rows = "".join(
-                f"<tr><td>{html.escape(short(r['input'], 80))}</td><td>{html.escape(str(r['expected']))}</td>"
-                f"<td>{html.escape(str(r[names[0]]))}</td><td>{html.escape(str(r[other]))}</td></tr>"
-                for _, r in pd.concat([gains.head(3), losses.head(3)]).iterrows()
-            )
-            parts.append(
-                f"<p><b>{html.escape(other)}</b> right where <b>{html.escape(names[0])}</b> was wrong: {len(gains)}; "
-                f"the reverse: {len(losses)}</p>"
-                + (f"<table class='nbkit-disagreements'><tr><th>input</th><th>expected</th>"
-                   f"<th>{html.escape(names[0])}</th><th>{html.escape(other)}</th></tr>{rows}</table>" if rows else "")
-            )
-        return "<div class='nbkit-disagreements'>" + "".join(parts) + "</div>"
-
     def _repr_html_(self):
-        table = self.frame.to_html(float_format=lambda v: f"{v:.3f}", classes="nbkit-report", border=0)
-        errors = "".join(
-            f"<p style='color:#b00'>{html.escape(t)} failed: {html.escape(e)}</p>"
-            for t, e in self.info.get("errors", {}).items()
-        )
-        caption = (f"<b>nbkit evaluation</b> on {html.escape(str(self.info.get('data')))} "
-                   f"[{html.escape(str(self.info.get('split')))}], {html.escape(self.info.get('scoring', ''))}")
-        matrices = "".join(confusion_svg(self.confusion(t), t) for t in self.info.get("labels", {}) if t in self.predictions)
-        api = ""
-        if self.info.get("api"):
-            api = "<p><b>API requests</b> (latencies in ms)</p>" + self.api().to_html(classes="nbkit-api", border=0)
-        seeds = self.seeds()
-        if len(seeds):  # one run per seed: how far the seed alone moves each metric
-            table += "<p><b>Across seeds</b></p>" + seeds.to_html(float_format=lambda v: f"{v:.3f}", border=0)
-        return (f"<div class='nbkit-report'>{caption}{table}{bar_chart(self.frame, self.metrics)}"
-                f"<div>{matrices}</div>{self._disagreement_html()}{api}{errors}</div>")
+        from .report_views import report_html
+
+        return report_html(self)
 
     def to_dict(self) -> dict:
+        """``info``, ``results`` (the table) and ``intervals`` (each metric's ``M_low`` / ``M_high``, by target)."""
+        from .report_views import safe_intervals
+
+        bounds = safe_intervals(self)
+        bounds = {} if bounds is None else {str(k): {c: _plain(v) for c, v in row.items() if c.endswith(("_low", "_high"))}
+                                            for k, row in bounds.iterrows()}
         return {
             "info": self.info,
             "results": {str(k): {c: _plain(v) for c, v in row.items()} for k, row in self.frame.iterrows()},
+            "intervals": bounds,
         }
 
     def save(self, folder: str | os.PathLike, name: str | None = None) -> Path:
-        """Write ``<name>.json`` (info + table) and ``<name>.csv`` (the table) into ``folder``."""
+        """Write ``<name>.json`` (info, table, intervals) and ``<name>.csv`` (the table, then each metric's
+        ``M_low`` and ``M_high``) into ``folder``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if name is None:  # time-ordered, and two reports in one second do not collide
@@ -324,8 +232,15 @@ class Report:
                 k += 1
             name = f"{stamp}-{k:02d}"
         path = folder / f"{name}.json"
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
-        self.frame.to_csv(folder / f"{name}.csv")
+        saved = self.to_dict()
+        path.write_text(json.dumps(saved, indent=2, sort_keys=True, default=str) + "\n")
+        import pandas as pd
+
+        bounds = pd.DataFrame.from_dict(saved["intervals"], orient="index").reindex(self.frame.index.astype(str))
+        table = self.frame.copy()
+        for column in bounds.columns:
+            table[column] = bounds[column].to_numpy()
+        table.to_csv(folder / f"{name}.csv")
         with open(folder / f"{name}-predictions.jsonl", "w") as f:  # the per-example view, for jobs
             for target, frame in self.predictions.items():
                 for row in frame.to_dict(orient="records"):

@@ -106,3 +106,28 @@ def test_disagreements_show_what_differs_and_the_confusion_matrix_whole_labels()
     html = report._repr_html_()
     assert ">entertainment</text>" in html and ">entert</text>" not in html  # not cut to six letters
     assert "…a film opens…" in html
+
+
+def test_reports_show_and_save_each_metrics_interval_and_compare_targets_with_the_first(tmp_path):
+    from nbkit import stats
+
+    rng = list(range(40))
+    expected = ["a" if i % 2 else "b" for i in rng]
+    base = _frame(expected, ["a"] * 40, input=[f"x{i}" for i in rng])  # right on 20 of 40
+    tuned = _frame(expected, [e if i < 36 else "c" for i, e in enumerate(expected)], input=[f"x{i}" for i in rng])
+    frame = pd.DataFrame({"accuracy": [0.5, 0.9], "n": [40, 40]}, index=["p", "p + run"])
+    frame.index.name = "target"
+    report = Report(frame, {"p": base, "p + run": tuned},
+                    {"data": "d", "split": "test", "metrics": ["accuracy"], "labels": {"p": ["a", "b"], "p + run": ["a", "b"]}})
+    low, high = stats.wilson(36, 40)
+    html = report._repr_html_()
+    assert f"0.900 [{low:.2f}, {high:.2f}]" in html and html.count("nbkit-interval") == 2  # table and error bars
+    # against the first target: the paired test's numbers, as compare() gives them
+    row = report.compare("p", "p + run", "accuracy").loc["accuracy"]
+    assert f"accuracy {row['difference']:+.3f} [{row['low']:+.2f}, {row['high']:+.2f}], McNemar p &lt; 0.001" in html
+    assert "p + run better" in html
+    saved = json.loads(report.save(tmp_path, "r").read_text())
+    assert saved["intervals"]["p + run"] == {"accuracy_low": pytest.approx(low), "accuracy_high": pytest.approx(high)}
+    csv = pd.read_csv(tmp_path / "r.csv", index_col="target")
+    assert list(csv.columns) == ["accuracy", "n", "accuracy_low", "accuracy_high"]
+    assert csv.loc["p", "accuracy_high"] == pytest.approx(stats.wilson(20, 40)[1])
