@@ -134,7 +134,10 @@ def test_a_venv_built_from_binder_alone_runs_the_quickstart(tmp_path):
     times["nbkit run 00_quickstart"] = time.monotonic() - mark
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     job = next((tmp_path / "jobs").iterdir())
-    assert f"executed notebook: {job}" in proc.stdout
+    assert f"executed notebook: {job.relative_to(tmp_path)}" in proc.stdout  # shown from the working directory
+    assert "evaluation 2 of 2: before and after tuning (intent, intent + quickstart)" in proc.stdout
+    # each cell as it starts (papermill injects the parameters after the parameters cell) and the training lines
+    assert "nbkit: cell 8/10: %tune --prompt intent" in proc.stdout and "tune quickstart:" in proc.stdout
     reports = [json.loads(p.read_text()) for p in sorted((job / "reports").glob("*.json"))]
     assert [list(r["results"]) for r in reports] == [["intent"], ["intent", "intent + quickstart"]]
     assert all(r["info"]["rows"] == 16 for r in reports)
