@@ -237,7 +237,7 @@ def _with_test_split(data, spec=None):
         _SPLIT_SAID.add(said)
         test = len(parts["test"])
         print(f"nbkit: {said[0]} has no test split: {test} of its {said[1]} rows are held out as the test split "
-              f"({TEST_FRACTION:.0%}, the same rows every time), {len(parts['train'])} train"
+              f"({TEST_FRACTION:.0%}, rounded up; the same rows every time), {len(parts['train'])} train"
               + (f"; with under {FEW_TEST_ROWS} test rows one row is {100 / test:.1f} points of accuracy: "
                  "pass a test split of your own for a measure closer than that" if test < FEW_TEST_ROWS else ""))
     return datasets.DatasetDict({**data, "train": parts["train"], "test": parts["test"]})

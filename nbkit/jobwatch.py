@@ -62,6 +62,8 @@ class Watch:
         self.cells = sum(1 for c in notebook.cells if c.cell_type == "code")
 
     def _cell_start(self, cell, cell_index, **_):
+        if cell.cell_type != "code":  # nbclient calls the hook for markdown cells too
+            return
         if self.interrupted:
             raise Stopped("interrupted by the user (Ctrl-C) before this cell")
         self.done += 1

@@ -36,7 +36,9 @@ class Report:
         return list(self.info.get("metrics", []))
 
     def __repr__(self):
-        text = f"nbkit Report on {self.info.get('data')} [{self.info.get('split')}]\n{self.frame.to_string()}"
+        # three decimals, as the HTML table: the digits past them differ between runs (sums of log-probabilities)
+        table = self.frame.to_string(float_format=lambda v: f"{v:.3f}")
+        text = f"nbkit Report on {self.info.get('data')} [{self.info.get('split')}]\n{table}"
         seeds = self.seeds()
         if len(seeds):
             text += f"\nAcross seeds:\n{seeds.to_string()}"
