@@ -21,7 +21,7 @@ def shown_path(path) -> str:
 
     text = os.path.abspath(os.fspath(path))
     relative = os.path.relpath(text, os.getcwd())
-    if not relative.startswith(os.pardir + os.sep + os.pardir) and relative != os.pardir + os.sep + os.pardir:
+    if not relative.startswith(os.pardir + os.sep + os.pardir):  # here, below, or one folder up
         return relative
     home = os.path.expanduser("~")
     if home not in ("/", "") and text.startswith(home.rstrip(os.sep) + os.sep):

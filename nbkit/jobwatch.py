@@ -19,7 +19,8 @@ from pathlib import Path
 
 
 def kernel_processes() -> list[int]:
-    """The process ids of this process's children: the kernel papermill started (Linux's /proc; else psutil)."""
+    """The process ids of this process's children: the kernel papermill started (psutil where installed, else
+    Linux's /proc)."""
     me = os.getpid()
     try:
         import psutil
@@ -47,7 +48,7 @@ class Watch:
 
     def __init__(self, show: bool = True, out=None):
         self.show, self.out = show, out or sys.stdout
-        self.interrupted, self.cells, self.done, self.current = False, 0, 0, None
+        self.interrupted, self.cells, self.done = False, 0, 0
 
     def engine_options(self) -> dict:
         """What papermill passes on to nbclient: the hooks, and the cells' stream output as it comes."""
@@ -67,7 +68,6 @@ class Watch:
         if self.interrupted:
             raise Stopped("interrupted by the user (Ctrl-C) before this cell")
         self.done += 1
-        self.current = cell_index
         first = next((line for line in cell.source.splitlines() if line.strip()), "")
         more = " …" if len(cell.source.strip().splitlines()) > 1 else ""
         print(f"nbkit: cell {self.done}/{self.cells}: {first[:100]}{more}", file=self.out, flush=True)
