@@ -264,7 +264,8 @@ EVALUATE_ARGUMENTS = [
                              "in the few-shot prompt, and the most the search tries"),
     argument("--selection", help="--search: how shots are chosen: random, balanced, nearest (comma-separated)"),
     argument("--formats", help="--search: chat (the model's chat template) and/or plain (the text as it is), "
-                               "comma-separated; each template is tried in each"),
+                               "comma-separated; each template is tried in each (default: both, for a model "
+                               "with a chat template, on prompts that do not set chat=True/False)"),
     argument("--paraphrases", type=int, help="--search: instruction rewordings to ask the model for"),
     argument("--dev", help="--search, --versus: a split, or a fraction/count of train to rank prompts on"),
     argument("--name", help="--search: name of the best prompt (default <prompt>-best)"),

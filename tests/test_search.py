@@ -45,7 +45,6 @@ def test_balanced_shots_cover_the_labels():
     ({"shots": [-1]}, "shots"), ({"selection": ["closest"]}, "selection"), ({"dev": "test"}, "dev"),
     ({"dev": 1000}, "dev"), ({"paraphrases": -2}, "paraphrases"),
     ({"formats": ["markdown"]}, "formats"), ({"formats": "chat"}, "formats"), ({"formats": ["chat", "chat"]}, "formats"),
-    ({"formats": ["plain"], "strategy": "gradient"}, "formats"),
 ])
 def test_bad_search_settings_fail_before_any_model_loads(sentiment, kwargs, field, monkeypatch):
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
@@ -61,16 +60,16 @@ def test_search_ranks_candidates_on_dev_rows_and_registers_the_best(ip):
     report = ip.run_line_magic(
         "evaluate", "--search --prompt intent --data sample:intent --shots 0,4 --selection balanced "
                     "--words refund=refund,delivery=shipping,account=login,other=other --paraphrases 1 --dev 32 "
-                    "--name intent-searched")
+                    "--formats chat --name intent-searched")  # (the default tries plain too: a test below)
     frame = report.frame
     # (the prompt + 1 paraphrase) x 2 word sets x (0 shots, 4 balanced shots)
     assert len(frame) == len(report.candidates) == 2 * 2 * 2 and (frame["n"] == 32).all()
     assert list(frame["accuracy"]) == sorted(frame["accuracy"], reverse=True)
-    assert set(frame["template"]) == {"as written", "paraphrase 1"}
-    for label in frame.index[frame["template"] != "as written"]:
+    assert set(frame["template"]) == {"as written, chat", "paraphrase 1, chat"}
+    for label in frame.index[frame["template"] != "as written, chat"]:
         template = report.candidates[label].template
         assert template.endswith("Message: {{ text }}\nTeam:") and not template.startswith("Which team should")
-    written = frame[(frame["template"] == "as written") & (frame["shots"] == 0)
+    written = frame[(frame["template"] == "as written, chat") & (frame["shots"] == 0)
                     & (frame["words"] == "refund, delivery, account, other")]["accuracy"].iloc[0]
     assert frame["accuracy"].iloc[0] > written, frame  # the search found a better prompt than the hand-written one
     assert PROMPTS["intent-searched"] is report.best and report.best.name == "intent-searched"
@@ -98,12 +97,12 @@ def test_rl_search_learns_which_edits_pay_and_beats_the_hand_written_prompt(ip):
                       "Which team should handle this customer message?\nMessage: {{ text }}\nTeam:")
     report = ip.run_line_magic(
         "evaluate", "--search --strategy rl --budget 8 --prompt intent-rl --data sample:intent --shots 0,2 "
-                    "--selection random,nearest --dev 16 --batch-size 8 --name intent-rl-best")
+                    "--selection random,nearest --formats chat --dev 16 --batch-size 8 --name intent-rl-best")
     frame, info = report.frame, report.info
     assert info["strategy"] == "rl" and info["budget"] == 8 and (frame["n"] == 16).all()
     assert frame["pulls"].fillna(0).sum() <= 8 and "start" in frame.index
     start = frame.loc["start"]
-    assert start["shots"] == 0 and start["template"] == "as written"
+    assert start["shots"] == 0 and start["template"] == "as written, chat"
     # the policy moved towards what paid on the mini-batches (8 rows each): showing shots (4 nearest: 0.79 test accuracy,
     # against 0.25 zero-shot, README) ...
     assert info["policy"]["shots"][1] > 0.5, info["policy"]
@@ -132,7 +131,12 @@ def test_gradient_search_lowers_the_label_loss_and_reports_what_it_found(ip):
     found = report.candidates["gradient"].template
     triggers = history[-1]["triggers"]
     assert found.startswith("Which team should handle this customer message?" + triggers + "\nMessage: ")
-    assert set(report.frame.index) == {"start", "gradient"} and (report.frame["n"] == 16).all()
+    frame = report.frame
+    assert set(frame.index) == {"start, chat", "start, plain", "gradient"} and (frame["n"] == 16).all()
+    # the triggers were searched in the format whose starting prompt scored best on the dev rows (chat on a tie)
+    better = "start, plain" if frame.loc["start, plain", "accuracy"] > frame.loc["start, chat", "accuracy"] else "start, chat"
+    assert report.candidates["gradient"].chat == report.candidates[better].chat == (better == "start, chat")
+    assert frame.loc["gradient", "template"].startswith(frame.loc[better, "template"] + " + triggers")
     print("dev accuracy:", report.frame["accuracy"].to_dict())
     with pytest.raises(ConfigError) as e:
         nbkit.search_prompts(p, "sample:intent", strategy="gradient", shots=[0, 4])
@@ -163,3 +167,20 @@ def test_the_format_is_a_searched_choice(intent_prompt):
     tok, row = load_tokenizer("smollm2-135m"), {"text": "Where is my parcel?"}
     rendered = {report.candidates[label].chat: report.candidates[label].format(row, tok) for label in frame.index}
     assert rendered[True].startswith("<|im_start|>") and "<|im_start|>" not in rendered[False]
+
+
+@pytest.mark.slow
+def test_default_search_finds_the_better_format_on_intent():
+    """With default options the search tries the chat template and plain text (the embedded model has a chat
+    template) and keeps the one that is also better on the held-out test rows: on sample:intent with the
+    quickstart's prompt and 4 nearest shots, the chat template (bench/formats.py)."""
+    quickstart = Prompt("Which team should handle this customer message? Answer refund, delivery, account or "
+                        "other.\nMessage: {{ text }}\nTeam:", name="intent-quick", target="{{ label }}",
+                        choices=["refund", "delivery", "account", "other"])
+    report = nbkit.search_prompts(quickstart, "sample:intent", shots=[4], selection=["nearest"], dev=40)
+    assert sorted(report.frame["template"]) == ["as written, chat", "as written, plain"]
+    framed = [Prompt.from_dict({**report.best.to_dict(), "chat": chat, "name": f"intent-{chat}"})
+              for chat in (True, False)]
+    test = nbkit.evaluate(framed, data="sample:intent").frame["accuracy"]
+    assert test["intent-True"] != test["intent-False"], test
+    assert report.best.chat == (test["intent-True"] > test["intent-False"]), (report.frame, test)

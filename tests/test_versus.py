@@ -159,7 +159,9 @@ def test_six_approaches_side_by_side_through_the_magic(ip, capsys):
 
     search = report.info["search"]
     assert PROMPTS["vs-searched"].name == search["registered"] == report.info["prompts"]["searched"]
-    assert search["dev_rows"] == 8 and search["candidates"] == 4  # 0 shots; 2 random, balanced or nearest
+    # (0 shots; 2 random, balanced or nearest) x (chat template, plain text): both by default for this model
+    assert search["dev_rows"] == 8 and search["candidates"] == 8
+    assert search["best"].endswith((", chat template", ", plain text")), search["best"]
     out = capsys.readouterr().out
     assert "prompt vs fine-tune: lora (5 of 6)" in out and "tune completed" in out
     page = report._repr_html_()

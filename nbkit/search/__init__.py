@@ -65,12 +65,12 @@ def search_prompts(
         shots: numbers of few-shot examples to try.
         selection: how shots are chosen: ``random``, ``balanced`` (one per class in turn) and/or
             ``nearest`` (the most similar training rows, by the embedded sentence encoder).
-        formats: ``chat`` (chat template) and/or ``plain`` (the text as it is); ``None``: each prompt's own.
+        formats: ``chat`` (chat template) and/or ``plain`` (the text as is); ``None``: both for a model with a
+            chat template, on each prompt whose ``chat`` is unset (``chat=True|False`` is kept).
         paraphrases: ask the model for this many rewordings of each prompt's instruction (the
             text before its first variable) and try them too.
         dev: a split name, or a fraction / count of ``train`` held out for scoring.
-        metric: what ranks the candidates: ``accuracy`` with choices, ``token_f1`` without
-            (any metric ``%evaluate`` takes).
+        metric: what ranks the candidates (any of ``%evaluate``'s): ``accuracy`` with choices, else ``token_f1``.
         model: base model spec.
         scoring: label log-likelihood ``sum`` or ``mean`` (length-normalised).
         name: the name the best prompt is registered under (default ``<first prompt>-best``).
@@ -79,9 +79,9 @@ def search_prompts(
             policy over the same edits (template, words, shots, selection), trained by REINFORCE on
             dev mini-batches, then scores its three most rewarded and the starting prompt on all dev
             rows; ``gradient`` appends ``triggers`` tokens to the first prompt's instruction and
-            improves them for ``steps`` HotFlip steps on the training rows (AutoPrompt), then scores
-            the starting and the found prompt. See :mod:`nbkit.search.policy` and
-            :mod:`nbkit.search.hotflip`.
+            improves them for ``steps`` HotFlip steps on the training rows (AutoPrompt), in the format
+            whose starting prompt scores best on dev, then scores the start (in each format) and the found
+            one. See :mod:`nbkit.search.policy` and :mod:`nbkit.search.hotflip`.
 
     Returns:
         A Report whose ``frame`` has one row per candidate, best first; ``report.best`` is the
@@ -91,7 +91,7 @@ def search_prompts(
 
     bases = [get_prompt(p) for p in (prompt if isinstance(prompt, (list, tuple)) else [prompt])]
     shots, selection = _check_settings(bases, words, shots, selection, paraphrases, strategy, model)
-    _check_formats(formats, strategy, model)
+    _check_formats(formats)
     bases, dev_rows, pool = _rows(bases, data, namespace, dev, seed)
     verbalizers = [None] + [check_words(w, bases[0], dev_rows + pool) for w in (words or [])]
     rank_by = metric or ("accuracy" if bases[0].choices else "token_f1")
@@ -106,7 +106,7 @@ def search_prompts(
         candidates, described, extra = _reinforce(templates, verbalizers, shots, selection, score, dev_rows,
                                                   budget, batch_size, seed)
     elif strategy == "gradient":
-        candidates, described, extra = _gradient(bases[0], loaded, pool, triggers, steps, seed)
+        candidates, described, extra = _gradient(templates, loaded, pool, score, dev_rows, triggers, steps, seed)
     info = {"data": data if isinstance(data, str) else f"<{type(data).__name__}>", "split": "dev",
             "rows": len(dev_rows), "metrics": [rank_by], "ranked_by": rank_by, "errors": {},
             "seconds": None, "best": None, "registered": None,  # filled in once every candidate is scored
@@ -139,15 +139,12 @@ def _check_settings(bases, words, shots, selection, paraphrases, strategy, model
     return shots, selection
 
 
-def _check_formats(formats, strategy: str, model) -> None:
+def _check_formats(formats) -> None:
     if formats is None:
         return
     if isinstance(formats, str) or not formats or any(f not in FORMATS for f in formats) \
             or len(set(formats)) != len(formats):
         raise ConfigError("formats", f"must be a list of {' and/or '.join(FORMATS)}, got {formats!r}")
-    if strategy == "gradient":
-        raise ConfigError("formats", "gradient search improves one prompt's trigger tokens in its own format; "
-                          "search formats with grid or rl")
 
 
 def _scorer(loaded, pool, rank_by: str, scoring: str, batch_size: int):
@@ -222,14 +219,22 @@ def _reinforce(templates, verbalizers, shots, selection, score, dev_rows, budget
                                    "budget": budget}
 
 
-def _gradient(base: Prompt, loaded, pool, triggers, steps, seed):
-    """Candidates of the gradient strategy: the starting prompt and the one with trigger tokens."""
+def _gradient(templates, loaded, pool, score, dev_rows, triggers, steps, seed):
+    """Candidates of the gradient strategy: the starting prompt in each format searched, and the one with
+    trigger tokens, found in the format whose starting prompt scores best on the dev rows."""
+    starts = {"start" if len(templates) == 1 else f"start, {origin.rsplit(', ', 1)[-1]}": (t, origin)
+              for t, origin in templates}
+    if len(starts) > 1:
+        first_of = {label: float(next(iter(score(t, dev_rows)[0].values()))) for label, (t, _) in starts.items()}
+        base, origin = starts[max(first_of, key=first_of.get)]  # ties: the first format listed
+    else:
+        base, origin = next(iter(starts.values()))
     found, history = autoprompt(base, loaded, pool, triggers=triggers, steps=steps, seed=seed)
     facts = {"prompt": base.name, "words": words_text(base, None), "shots": base.shots, "selection": "-"}
-    return ({"start": base, "gradient": found},
-            {"start": {**facts, "template": "as written"},
-             "gradient": {**facts, "template": f"+ triggers '{history[-1]['triggers'].strip()}'"}},
-            {"history": history})
+    candidates = {label: t for label, (t, _) in starts.items()} | {"gradient": found}
+    described = {label: {**facts, "template": o} for label, (_, o) in starts.items()}
+    described["gradient"] = {**facts, "template": f"{origin} + triggers '{history[-1]['triggers'].strip()}'"}
+    return candidates, described, {"history": history}
 
 
 def _rows(bases: list[Prompt], data, namespace, dev, seed: int) -> tuple[list[Prompt], list, list]:

@@ -84,13 +84,21 @@ FORMATS = ("chat", "plain")  # the model's chat template, or the prompt's text a
 def with_formats(templates: Sequence[tuple[Prompt, str]], formats: Sequence[str] | None,
                  tokenizer) -> list[tuple[Prompt, str]]:
     """Each template once per format (``chat``: through the chat template; ``plain``: the text as it is),
-    its origin naming the format; ``None`` keeps each prompt's own framing."""
-    if not formats:
-        return list(templates)
-    if "chat" in formats and not getattr(tokenizer, "chat_template", None):
+    its origin naming the format. ``None`` (the default) tries both for a model that has a chat template,
+    on each prompt that leaves its framing unset (``chat=None``); a prompt with ``chat=True|False`` keeps it."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if formats is None:
+        if not has_template:
+            return list(templates)
+        return [pair for t, origin in templates for pair in (_framed(t, origin, FORMATS) if t.chat is None
+                                                             else [(t, origin)])]
+    if "chat" in formats and not has_template:
         raise ConfigError("formats", "the model has no chat template; search the plain format only")
-    return [(Prompt.from_dict({**t.to_dict(), "chat": f == "chat"}), f"{origin}, {f}")
-            for t, origin in templates for f in formats]
+    return [pair for t, origin in templates for pair in _framed(t, origin, formats)]
+
+
+def _framed(template: Prompt, origin: str, formats: Sequence[str]) -> list[tuple[Prompt, str]]:
+    return [(Prompt.from_dict({**template.to_dict(), "chat": f == "chat"}), f"{origin}, {f}") for f in formats]
 
 
 def instruction_of(p: Prompt) -> str:

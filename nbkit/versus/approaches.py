@@ -89,7 +89,8 @@ def _searched(task: Task, approach: str):
                             strategy="grid", namespace=task.namespace)
     best = search.frame.iloc[0]
     found = {"candidates": len(search.frame), "dev_rows": search.info["rows"], "registered": search.best.name,
-             "best": f"{best['shots']} shots" + (f", {best['selection']}" if best["shots"] else "")}
+             "best": f"{best['shots']} shots" + (f", {best['selection']}" if best["shots"] else "")
+             + {True: ", chat template", False: ", plain text", None: ""}[search.best.chat]}
     report = _evaluate(task, search.best)
     return report, _prompted(search.info["seconds"]["search"]), {"prompt": search.best.name, "search": found}
 
