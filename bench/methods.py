@@ -63,22 +63,40 @@ def one(method: str, epochs: float, quick: bool) -> dict:
                "eval_seconds": time.monotonic() - started}
     result = report.frame.iloc[0]
     peak = peak_rss_mb()
+    correct = [int(c) for c in next(iter(report.predictions.values()))["correct"]]  # per test row, for McNemar
     return {"method": method, "accuracy": float(result["accuracy"]), "f1": float(result["f1"]),
-            "rows": int(result["n"]), "peak_memory_mb": round(peak), **row}
+            "rows": int(result["n"]), "peak_memory_mb": round(peak), "correct": correct, **row}
+
+
+def against(r: dict, base: dict | None) -> str:
+    """``r``'s accuracy minus ``base``'s on the same test rows: paired-bootstrap 95% interval, exact McNemar p."""
+    from nbkit import stats
+
+    if base is None or r is base or not r.get("correct") or len(r["correct"]) != len(base.get("correct", [])):
+        return "–"
+    d = stats.paired_bootstrap(base["correct"], r["correct"], resamples=2000)
+    p = stats.mcnemar(base["correct"], r["correct"])["p_value"]
+    verdict = "" if (d["low"] > 0 or d["high"] < 0) and p < 0.05 else " (not distinguishable)"
+    return f"{d['difference']:+.3f} [{d['low']:+.2f}, {d['high']:+.2f}], p = {p:.2g}{verdict}"
 
 
 def table(rows: list[dict], epochs: float) -> str:
+    from nbkit import stats
+
     lines = [
-        "| method | accuracy | macro-F1 | trainable parameters | train time | tokens/s | peak memory |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| method | accuracy [95%] | − lora [95%], McNemar p | macro-F1 | trainable parameters | train time | "
+        "tokens/s | peak memory |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    base = next((r for r in rows if r["method"] == "lora"), None)
     for r in rows:
         name, _, precision = r["method"].partition("@")
         label = f"{name}, {precision}" if precision else name
         tps = f"{r['tokens_per_second']:.0f}" if r.get("tokens_per_second") else "–"
         time_ = f"{r['train_seconds']:.0f} s" if r["train_seconds"] else "–"
-        lines.append(f"| {label} | {r['accuracy']:.3f} | {r['f1']:.3f} | {r['trainable_parameters']:,} | "
-                     f"{time_} | {tps} | {r['peak_memory_mb'] / 1024:.1f} GiB |")
+        low, high = stats.wilson(round(r["accuracy"] * r["rows"]), r["rows"])
+        lines.append(f"| {label} | {r['accuracy']:.3f} [{low:.2f}, {high:.2f}] | {against(r, base)} | {r['f1']:.3f} | "
+                     f"{r['trainable_parameters']:,} | {time_} | {tps} | {r['peak_memory_mb'] / 1024:.1f} GiB |")
     return "\n".join(lines)
 
 
@@ -131,7 +149,9 @@ def main() -> int:
     what = "2 steps, 8 test rows" if args.quick else f"{args.epochs:g} epochs"
     text = table(rows, args.epochs) + common.caption(
         args.quick, f"`sample:intent`: {what}; each method's default options and learning rate; accuracy on the "
-                    f"{rows[0]['rows']} test rows.")
+                    f"{rows[0]['rows']} test rows with its Wilson 95% interval; each method minus lora on the same "
+                    "rows, with its paired-bootstrap interval and exact McNemar p (not distinguishable: the interval "
+                    "holds 0 or p ≥ 0.05).")
     if args.precision:  # a table of its own, in bench/README.md only
         common.publish(text, args.quick, args.write, "methods-precision-table", f"methods-{args.precision}", rows)
         return 0

@@ -170,7 +170,7 @@ class Report:
         interval (``low``, ``high``: the rows resampled together), ``p_value`` (the exact McNemar test
         for accuracy and exact match, on the rows only one of them got right; else the paired
         bootstrap), the ``test`` used, and ``verdict``: which is better, or ``not distinguishable at
-        this size`` when the interval holds 0.
+        this size`` when the interval holds 0 or p >= 0.05.
         """
         import pandas as pd
 
@@ -196,7 +196,9 @@ class Report:
             if name in ("accuracy", "exact_match", "preference_accuracy"):  # the rows only one got right: what disagreements() lists
                 exact = stats.mcnemar(list(pa["correct"]), list(pb["correct"]))
                 result["p_value"], test, discordant = exact["p_value"], "McNemar", f"{exact['only_a']}/{exact['only_b']}"
-            verdict = ("not distinguishable at this size" if result["low"] <= 0 <= result["high"]
+            # both must agree: with few discordant rows the bootstrap interval can miss 0 while McNemar's p does not
+            unclear = result["low"] <= 0 <= result["high"] or result["p_value"] >= 0.05
+            verdict = ("not distinguishable at this size" if unclear
                        else f"{b} better" if (result["difference"] > 0) != (name == "perplexity") else f"{a} better")
             rows[name] = {a: va, b: vb, "difference": result["difference"], "low": result["low"],
                           "high": result["high"], "p_value": result["p_value"], "test": test,
