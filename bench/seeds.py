@@ -15,6 +15,7 @@ should be read against).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -66,10 +67,16 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")][:2 if args.quick else None]
     methods = args.methods.split(",")[:1] if args.quick else args.methods.split(",")
     results = {m: measure(m, seeds, args.epochs, args.quick) for m in methods}
+    saved = common.ROOT / "bench" / "results" / "seeds.json"
+    kept = {} if args.quick or not saved.exists() else \
+        {m: {**r, "seeds": {int(k): v for k, v in r["seeds"].items()}}  # (JSON made the seeds strings)
+         for m, r in json.loads(saved.read_text()).items() if m not in results}  # methods not rerun this time
+    results = kept | results
     what = "1 step, 8 test rows" if args.quick else f"{args.epochs:g} epochs, the 80 test rows"
     text = table(results) + common.caption(
         args.quick, f"`sample:intent`, bench/methods.py's prompt and each method's defaults, {what}; one run per "
-                    "seed, nothing else differing.")
+                    "seed, nothing else differing" + (f" (the {', '.join(kept)} row{'s' * (len(kept) > 1)} from an "
+                    "earlier run, kept in bench/results/seeds.json)." if kept else "."))
     common.publish(text, args.quick, args.write, "seeds-table", "seeds", results)
 
 
