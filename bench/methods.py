@@ -76,7 +76,7 @@ def against(r: dict, base: dict | None) -> str:
         return "–"
     d = stats.paired_bootstrap(base["correct"], r["correct"], resamples=2000)
     p = stats.mcnemar(base["correct"], r["correct"])["p_value"]
-    verdict = "" if (d["low"] > 0 or d["high"] < 0) and p < 0.05 else " (not distinguishable)"
+    verdict = "" if stats.distinguishable(d["low"], d["high"], p) else " (not distinguishable)"
     return f"{d['difference']:+.3f} [{d['low']:+.2f}, {d['high']:+.2f}], p = {p:.2g}{verdict}"
 
 

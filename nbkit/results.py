@@ -196,9 +196,8 @@ class Report:
             if name in ("accuracy", "exact_match", "preference_accuracy"):  # the rows only one got right: what disagreements() lists
                 exact = stats.mcnemar(list(pa["correct"]), list(pb["correct"]))
                 result["p_value"], test, discordant = exact["p_value"], "McNemar", f"{exact['only_a']}/{exact['only_b']}"
-            # both must agree: with few discordant rows the bootstrap interval can miss 0 while McNemar's p does not
-            unclear = result["low"] <= 0 <= result["high"] or result["p_value"] >= 0.05
-            verdict = ("not distinguishable at this size" if unclear
+            verdict = ("not distinguishable at this size"
+                       if not stats.distinguishable(result["low"], result["high"], result["p_value"])
                        else f"{b} better" if (result["difference"] > 0) != (name == "perplexity") else f"{a} better")
             rows[name] = {a: va, b: vb, "difference": result["difference"], "low": result["low"],
                           "high": result["high"], "p_value": result["p_value"], "test": test,

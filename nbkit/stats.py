@@ -90,6 +90,13 @@ def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict:
     return {"only_a": only_a, "only_b": only_b, "p_value": min(1.0, 2 * tail)}
 
 
+def distinguishable(low: float, high: float, p_value: float, level: float = 0.05) -> bool:
+    """Whether a paired difference is one the rows support: its interval misses 0 *and* ``p_value`` is
+    under ``level``. Both must agree: with few discordant rows the bootstrap interval can miss 0 while
+    McNemar's exact p does not (a NaN p leaves the interval to decide)."""
+    return not low <= 0 <= high and not p_value >= level
+
+
 def rows_needed(p1: float, p2: float, level: float = 0.95, power: float = 0.8) -> int:
     """Test rows per system for a two-sided test at ``level`` to tell accuracies ``p1`` and ``p2``
     apart with probability ``power`` (two independent proportions, the normal approximation)."""

@@ -182,3 +182,15 @@ def test_seeds_are_checked_before_anything_trains(monkeypatch, tmp_path):
     (runs_dir() / "p-lora-s1").mkdir(parents=True)
     with pytest.raises(RunExistsError):
         training.tune(prompt, "sample:intent", seeds=[0, 1])
+
+
+def test_a_difference_is_distinguishable_only_when_interval_and_p_agree():
+    from nbkit import stats
+
+    # 4 rows right only for b, none only for a: the bootstrap interval misses 0, McNemar's exact p is 0.125
+    a, b = [1] * 36 + [0] * 4, [1] * 40
+    d, p = stats.paired_bootstrap(a, b, resamples=2000), stats.mcnemar(a, b)["p_value"]
+    assert d["low"] > 0 and p == pytest.approx(0.125)
+    assert not stats.distinguishable(d["low"], d["high"], p)
+    assert stats.distinguishable(0.02, 0.2, 0.01) and not stats.distinguishable(-0.01, 0.2, 0.01)
+    assert stats.distinguishable(0.02, 0.2, float("nan"))  # no p: the interval decides
