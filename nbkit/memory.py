@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def estimate_parameters(config) -> int:
@@ -70,22 +71,61 @@ class Estimate:
 
 
 def available_memory(device: str) -> int | None:
-    """Free bytes on ``device``: CUDA's free memory, or the machine's available RAM."""
+    """Free bytes on ``device``: CUDA's free memory, or the RAM this process may still use: the machine's
+    available memory, or less where a container's memory limit says so (Binder gives a session ~2 GB of a
+    machine whose /proc/meminfo shows far more)."""
     if device.startswith("cuda"):
         import torch
 
         return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    free = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
     except OSError:
         pass
+    if free is None:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            pass
+    room = container_room()
+    return room if free is None else free if room is None else min(free, room)
+
+
+def container_room(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> int | None:
+    """Bytes left under this process's cgroup memory limit (v2 ``memory.max``, or v1 ``memory.limit_in_bytes``),
+    or None without a limit. The page cache counts towards the usage but the kernel reclaims it before it
+    kills anything, so it is added back."""
+    base = Path(root)
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
+        lines = Path(proc).read_text().splitlines()
+    except OSError:
         return None
+    for line in lines:
+        _, controllers, where = line.split(":", 2)
+        if controllers == "":  # v2: one unified hierarchy
+            folder = base / where.lstrip("/")
+            limit, usage, stat = folder / "memory.max", folder / "memory.current", folder / "memory.stat"
+            cache_key = "file"
+        elif "memory" in controllers.split(","):
+            folder = base / "memory" / where.lstrip("/")
+            limit, usage, stat = folder / "memory.limit_in_bytes", folder / "memory.usage_in_bytes", folder / "memory.stat"
+            cache_key = "total_cache"
+        else:
+            continue
+        try:
+            text = limit.read_text().strip()
+            if text == "max" or int(text) >= 2 ** 60:  # no limit (v1 writes a huge number)
+                continue
+            used = int(usage.read_text())
+            cache = next((int(v) for k, v in (ln.split() for ln in stat.read_text().splitlines()) if k == cache_key), 0)
+        except (OSError, ValueError):
+            continue
+        return max(0, int(text) - used + cache)
+    return None
 
 
 def estimate_training(config, *, method_kind: str, quantize: str | None, trainable: int | None,

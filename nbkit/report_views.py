@@ -1,18 +1,29 @@
 """How a :class:`~nbkit.results.Report` shows itself in a notebook: the table with each metric's 95%
 interval, a bar chart with error bars, a confusion matrix per classification target, and, when
 targets were scored on the same rows, each against the first: the paired test and the rows they
-disagree on. Charts are inline SVG, so saved notebooks show them without a plotting library or a
-running kernel.
+disagree on. Charts are SVG pictures in ``<img>`` tags (base64 data URIs): a saved notebook shows them
+without a plotting library or a running kernel, and they survive the sanitiser of an untrusted notebook
+(JupyterLab, GitHub and nbviewer strip inline ``<svg>`` and styling, so a chart drawn in HTML collapses
+into run-together text there).
 """
 
 from __future__ import annotations
 
+import base64
 import html
 
 PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
 
 
 UNBOUNDED = ("perplexity", "margin")  # metrics not in [0, 1]: in the table, not in the bar chart
+
+
+def as_image(svg: str, cls: str, alt: str) -> str:
+    """An SVG as an ``<img>`` with a data URI: the form every notebook viewer's sanitiser keeps."""
+    if not svg:
+        return ""
+    data = base64.b64encode(svg.encode("utf-8")).decode("ascii")
+    return f"<img class='{cls}' alt='{html.escape(alt, quote=True)}' src='data:image/svg+xml;base64,{data}'/>"
 
 
 def bar_chart(frame, metrics: list[str], width: int = 420, intervals=None) -> str:
@@ -169,12 +180,15 @@ def report_html(report) -> str:
     caption = (f"<b>nbkit evaluation</b> on {html.escape(str(info.get('data')))} "
                f"[{html.escape(str(info.get('split')))}], {html.escape(info.get('scoring', ''))}"
                + (" (95% intervals in brackets)" if intervals is not None else ""))
-    matrices = "".join(confusion_svg(report.confusion(t), t) for t in info.get("labels", {}) if t in report.predictions)
+    matrices = "".join(as_image(confusion_svg(report.confusion(t), t), "nbkit-confusion", f"confusion matrix of {t}")
+                       for t in info.get("labels", {}) if t in report.predictions)
+    chart = as_image(bar_chart(report.frame, report.metrics, intervals=intervals), "nbkit-chart",
+                     "bar chart of " + ", ".join(report.metrics))
     api = ""
     if info.get("api"):
         api = "<p><b>API requests</b> (latencies in ms)</p>" + report.api().to_html(classes="nbkit-api", border=0)
     seeds = report.seeds()
     if len(seeds):  # one run per seed: how far the seed alone moves each metric
         table += "<p><b>Across seeds</b></p>" + seeds.to_html(float_format=lambda v: f"{v:.3f}", border=0)
-    return (f"<div class='nbkit-report'>{caption}{table}{bar_chart(report.frame, report.metrics, intervals=intervals)}"
+    return (f"<div class='nbkit-report'>{caption}{table}{chart}"
             f"<div>{matrices}</div>{disagreement_html(report)}{api}{errors}</div>")

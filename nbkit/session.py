@@ -38,9 +38,16 @@ class Session:
     def cached(self, key: Hashable, load: Callable[[], Any], fresh: bool = False):
         """The session's copy of what ``key`` names, loaded with ``load()`` the first time.
 
-        ``fresh`` loads a new copy and keeps it out of the cache (training changes its model).
+        ``fresh`` loads a new copy and keeps it out of the cache (training changes its model). The
+        session's own copy is let go first, so that two copies of one model never share the memory
+        (on a 2 GB Binder session the second copy of the embedded model is what does not fit); the
+        next call without ``fresh`` loads it again, from the disk cache, in seconds.
         """
         if fresh:
+            if self.cache.pop(key, None) is not None:
+                import gc
+
+                gc.collect()  # the dropped copy's tensors are freed now, before the new copy loads
             return load()
         if key not in self.cache:
             self.cache[key] = load()

@@ -192,16 +192,17 @@ def test_every_method_learns(method_runs, method):
 
 
 @pytest.mark.slow
-def test_runs_of_different_kinds_compare_on_one_base_model(method_runs, smol):
+def test_runs_of_different_kinds_compare_on_one_base_model(method_runs):
     """LoRA-family, IA3 and learned-prompt adapters swap on the session's one base model."""
     prompt, zero_shot, runs = method_runs
+    base = nbkit.load_model("smollm2-135m")  # the session's copy (each training run let the one before go)
     picked = [runs["ia3"], runs["prompt-tuning"], runs["dora"], runs["prefix-tuning"]]
     together = nbkit.evaluate(prompt, picked, "sample:intent", limit=16).frame["accuracy"]
     for run in picked:
         alone = nbkit.evaluate(None, run, "sample:intent", limit=16).frame["accuracy"].iloc[0]
         assert together.loc[f"intent + {run.name}"] == alone, run.name
     assert together.loc["intent"] == nbkit.evaluate(prompt, None, "sample:intent", limit=16).frame["accuracy"].iloc[0]
-    assert nbkit.load_model("smollm2-135m") is smol
+    assert nbkit.load_model("smollm2-135m") is base
 
 
 @pytest.mark.slow
@@ -233,3 +234,29 @@ def test_four_bit_without_bitsandbytes_fails_before_a_run_exists(intent_prompt, 
     with pytest.raises(MissingDependencyError, match=r"pip install 'nbkit-lm\[quant\]'.*--method lora"):
         nbkit.tune(intent_prompt, "sample:intent", method="qlora", name="q")
     assert not (runs_dir() / "q").exists()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_containers_memory_limit_is_what_a_run_may_use(tmp_path, version):
+    """Binder's ~2 GB is a cgroup limit on a machine whose /proc/meminfo shows far more: the room left under the
+    limit (its page cache added back: the kernel reclaims that first) is what the estimate is compared with."""
+    from nbkit.memory import container_room
+
+    gib = 2 ** 30
+    if version == 2:
+        folder = tmp_path / "user.slice" / "binder"
+        proc = "0::/user.slice/binder\n"
+        files = {"memory.max": str(2 * gib), "memory.current": str(gib), "memory.stat": f"anon 1\nfile {gib // 4}\n"}
+    else:
+        folder = tmp_path / "memory" / "docker" / "abc"
+        proc = "5:devices:/\n4:memory:/docker/abc\n0::/\n"
+        files = {"memory.limit_in_bytes": str(2 * gib), "memory.usage_in_bytes": str(gib),
+                 "memory.stat": f"cache 9\ntotal_cache {gib // 4}\n"}
+    folder.mkdir(parents=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    (tmp_path / "cgroup").write_text(proc)
+    assert container_room(str(tmp_path), str(tmp_path / "cgroup")) == gib + gib // 4
+    (folder / ("memory.max" if version == 2 else "memory.limit_in_bytes")).write_text(
+        "max\n" if version == 2 else "9223372036854771712\n")
+    assert container_room(str(tmp_path), str(tmp_path / "cgroup")) is None  # no limit: the machine's memory counts

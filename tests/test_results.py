@@ -104,7 +104,7 @@ def test_disagreements_show_what_differs_and_the_confusion_matrix_whole_labels()
     # the prompt's words every row shares are cut, at word boundaries: the story is what a reader compares
     assert report.disagreements()["input"].tolist() == ["…a film opens…"]
     html = report._repr_html_()
-    assert ">entertainment</text>" in html and ">entert</text>" not in html  # not cut to six letters
+    assert ">entertainment</text>" in _drawn(html) and ">entert</text>" not in _drawn(html)  # not cut to six letters
     assert "…a film opens…" in html
 
 
@@ -121,7 +121,7 @@ def test_reports_show_and_save_each_metrics_interval_and_compare_targets_with_th
                     {"data": "d", "split": "test", "metrics": ["accuracy"], "labels": {"p": ["a", "b"], "p + run": ["a", "b"]}})
     low, high = stats.wilson(36, 40)
     html = report._repr_html_()
-    assert f"0.900 [{low:.2f}, {high:.2f}]" in html and html.count("nbkit-interval") == 2  # table and error bars
+    assert f"0.900 [{low:.2f}, {high:.2f}]" in html and _drawn(html).count("nbkit-interval") == 2  # an error bar per target
     # against the first target: the paired test's numbers, as compare() gives them
     row = report.compare("p", "p + run", "accuracy").loc["accuracy"]
     assert f"accuracy {row['difference']:+.3f} [{row['low']:+.2f}, {row['high']:+.2f}], McNemar p &lt; 0.001" in html
@@ -131,3 +131,36 @@ def test_reports_show_and_save_each_metrics_interval_and_compare_targets_with_th
     csv = pd.read_csv(tmp_path / "r.csv", index_col="target")
     assert list(csv.columns) == ["accuracy", "n", "accuracy_low", "accuracy_high"]
     assert csv.loc["p", "accuracy_high"] == pytest.approx(stats.wilson(20, 40)[1])
+
+
+def _drawn(html: str) -> str:
+    """The report's HTML with each chart's picture (an ``<img>`` with an SVG data URI) decoded in its place."""
+    import base64
+    import re
+
+    return re.sub(r"<img class='[^']*' alt='[^']*' src='data:image/svg\+xml;base64,([^']+)'/>",
+                  lambda m: base64.b64decode(m.group(1)).decode("utf-8"), html)
+
+
+def test_charts_are_pictures_an_untrusted_notebook_keeps():
+    """JupyterLab's sanitiser (and GitHub's, nbviewer's) drop inline <svg> from an untrusted notebook, so the
+    bar chart and the confusion matrices are <img> data URIs, each a well-formed SVG document."""
+    import base64
+    import re
+    import xml.etree.ElementTree as ET
+
+    labels = ["a", "b"]
+    frame = pd.DataFrame({"accuracy": [0.6, 0.8], "n": [5, 5]}, index=["p", "p + run"])
+    rows = [f"x{i}" for i in range(5)]
+    report = Report(frame, {"p": _frame(["a", "b", "a", "b", "a"], ["a", "a", "a", "b", "b"], input=rows),
+                            "p + run": _frame(["a", "b", "a", "b", "a"], ["a", "b", "a", "b", "b"], input=rows)},
+                    {"data": "d", "split": "test", "metrics": ["accuracy"], "labels": {"p": labels, "p + run": labels}})
+    html = report._repr_html_()
+    assert "<svg" not in html
+    pictures = re.findall(r"<img class='(nbkit-\w+)' alt='([^']*)' src='data:image/svg\+xml;base64,([^']+)'/>", html)
+    assert [c for c, _, _ in pictures] == ["nbkit-chart", "nbkit-confusion", "nbkit-confusion"]
+    assert pictures[0][1] == "bar chart of accuracy" and pictures[1][1] == "confusion matrix of p"
+    for _, _, data in pictures:
+        root = ET.fromstring(base64.b64decode(data))
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert "0.800" in _drawn(html)  # the bar's value, inside the picture

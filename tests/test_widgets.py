@@ -38,8 +38,46 @@ def test_widget_follows_the_run_and_shows_how_it_ended(status, style):
     if status == "failed":
         assert "boom" in w.status.value
     # the static picture a saved notebook keeps where the widget does not render (GitHub, after a restart)
-    assert len(shown) == 2 and shown[1]["text/plain"] == "r: loss over 4 steps, final loss 0.5000"
+    assert len(shown) == 2 and shown[1]["text/plain"] == f"r: {status}, 4 steps, loss 0.5000, 4s" + (
+        "; error: boom" if status == "failed" else "")
     assert base64.b64decode(shown[1]["image/png"]).startswith(b"\x89PNG")
+
+
+class _Handle:
+    """What IPython's ``display(obj, display_id=True)`` returns: a handle whose ``update`` replaces the output."""
+
+    def __init__(self, shown):
+        self.shown = shown
+
+    def update(self, obj, **kw):
+        self.shown[-1] = obj
+
+
+def test_the_widget_gives_way_to_one_picture_and_a_line_of_text_when_the_run_ends():
+    """A saved notebook keeps the run's static form in the widget's place: one loss curve (not a dead widget
+    beside a second curve) and a line a reader of an untrusted notebook, GitHub or nbval sees as text."""
+    from nbkit.magics.widgets import TuneWidget
+
+    shown = []
+
+    def display(obj, display_id=False, **kw):
+        shown.append(obj)
+        return _Handle(shown) if display_id else None
+
+    w = TuneWidget(display=display)
+    w.on_begin(_begin())
+    assert shown == [w.box]
+    for i, loss in enumerate([3.0, 2.0, 1.0, 0.34], start=1):
+        w.on_step(_step(i, loss))
+    w.on_end(events.End(status="completed", elapsed=25.5, steps=4, metrics={"train_loss": 0.34}))
+    assert len(shown) == 1 and shown[0]["text/plain"] == "r: completed, 4 steps, loss 0.3400, 26s"
+    assert base64.b64decode(shown[0]["image/png"]).startswith(b"\x89PNG")
+
+    short = TuneWidget(display=display)  # one step, nothing to draw: the line alone
+    short.on_begin(_begin(run_name="one"))
+    short.on_step(_step(1, 2.0))
+    short.on_end(events.End(status="interrupted", elapsed=1.0, steps=1, metrics={}))
+    assert shown[-1] == {"text/plain": "one: interrupted, 1 step, loss 2.0000, 1s"}
 
 
 def test_a_loop_that_counts_no_tokens_shows_no_tokens_per_second():
