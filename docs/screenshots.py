@@ -1,6 +1,6 @@
 """The README's screenshots: the quickstart with its own parameters, run in a real JupyterLab by Debian's
 chromium through Playwright (the same driver and checks as tests/test_browser.py), saved to
-docs/tune-widget.png (the live %tune widget while it trains) and docs/comparison.png (the
+docs/tune-widget.png (the live %tune widget while it trains: it gives way to a picture when the run ends) and docs/comparison.png (the
 before/after %evaluate report). About five minutes on two CPU cores.
 
     .venv/bin/python docs/screenshots.py

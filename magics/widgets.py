@@ -5,7 +5,7 @@ It subscribes to nbkit's training events; the core never draws. The bar turns
 green when the run completes, orange when interrupted and red when it fails. When
 the run ends the widget's output is replaced by a static PNG of the loss curve
 (and the dev metric) titled with one line of text, ``NAME: completed, 8 steps,
-loss 0.34, 25.5 s``, which is also its text form: a saved notebook then reads
+loss 0.3400, 26s``, which is also its text form: a saved notebook then reads
 well where widgets do not render (a freshly cloned, untrusted notebook, GitHub,
 nbviewer, after a kernel restart), with one loss curve, not a dead widget beside it.
 """
@@ -150,7 +150,7 @@ class TuneWidget(Callback):
             self._display(bundle, raw=True)
 
     def summary(self, e: End) -> str:
-        """The run in one line: ``NAME: completed, 8 steps, loss 0.34, 25.5 s`` (and a warning or error)."""
+        """The run in one line: ``NAME: completed, 8 steps, loss 0.3400, 26s`` (and a warning or error)."""
         loss = e.metrics.get("train_loss", self.losses[-1] if self.losses else None)
         return (f"{self.name}: {e.status}, {e.steps} step{'' if e.steps == 1 else 's'}"
                 + (f", loss {loss:.4f}" if isinstance(loss, float) else "") + f", {fmt_seconds(e.elapsed)}"

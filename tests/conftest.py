@@ -28,9 +28,11 @@ def _isolated_runs(tmp_path, monkeypatch):
     current().prompts.update(saved)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def smol():
-    """The embedded SmolLM2 (converted to the cache once per machine), shared by the session."""
+    """The session's copy of the embedded SmolLM2 (converted to the cache once per machine). Per test, not per
+    pytest session: training lets the session's copy go (two copies would not share the memory), and a test
+    gets the one ``load_model`` gives now, from the cache in microseconds or reloaded from disk in a second."""
     from nbkit import load_model
 
     return load_model("smollm2-135m")

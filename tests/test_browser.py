@@ -319,8 +319,8 @@ def _drive(page, url: str, log: Path) -> None:
 def _pictures_drawn(page, selector: str) -> int:
     """How many of the output pictures ``selector`` finds the browser decoded and drew (a broken SVG is 0 wide)."""
     page.wait_for_timeout(200)
-    return page.evaluate(f"() => [...document.querySelectorAll('.jp-OutputArea-output {selector}')]"
-                         ".filter(i => i.complete && i.naturalWidth > 0).length")
+    return page.evaluate("sel => [...document.querySelectorAll(sel)].filter(i => i.complete && i.naturalWidth > 0)"
+                         ".length", f".jp-OutputArea-output {selector}")
 
 
 def test_the_saved_quickstart_reads_well_untrusted(tmp_path):
@@ -350,3 +350,7 @@ def test_the_saved_quickstart_reads_well_untrusted(tmp_path):
         # a table whose cells read apart: the first report's first row has its target and its value apart
         first_row = [c.strip() for c in tables.first.locator("tbody tr").first.locator("th, td").all_inner_texts()]
         assert len(first_row) >= 3 and all(first_row[:3]), first_row
+        page.locator(".jp-OutputArea-output").filter(has=page.locator("table.nbkit-report")).last.screenshot(
+            path=str(BUILD / "untrusted-comparison.png"))
+        page.locator(".jp-OutputArea-output").filter(has=page.locator("img[src^='data:image/png']")).first.screenshot(
+            path=str(BUILD / "untrusted-tune.png"))
