@@ -33,17 +33,24 @@ def estimate_parameters(config) -> int:
 
 @dataclass
 class Estimate:
-    """Bytes a training run needs, by part, and what the device has."""
+    """Bytes a training run needs, by part, and what the device has.
+
+    On the CPU ``total`` is the process's whole peak resident memory: ``resident`` is what it held when
+    the estimate was made (libraries, data, an earlier evaluation), and ``available`` is that plus what
+    the machine or its container still has free, so the two compare directly.
+    """
 
     weights: int
     optimizer: int  # gradients + Adam moments of the trainable parameters
     activations: int
     available: int | None
     device: str
+    resident: int = 0
+    plan: str = ""  # "", "checkpointing" or "low-memory": what nbkit turned on to make it fit
 
     @property
     def total(self) -> int:
-        return self.weights + self.optimizer + self.activations
+        return self.resident + self.weights + self.optimizer + self.activations
 
     @property
     def fits(self) -> bool:
@@ -52,11 +59,12 @@ class Estimate:
     def suggestions(self, method: str, batch_size: int, gradient_checkpointing: bool) -> list[str]:
         """What to change, largest saving first."""
         out = []
-        if method in ("full", "lora", "dora") and self.weights > 0.25 * self.total:
+        need = self.total - self.resident
+        if method in ("full", "lora", "dora") and self.weights > 0.25 * need:
             out.append("--method qlora (4-bit base: about a quarter of the weights' memory)")
-        if not gradient_checkpointing and self.activations > 0.2 * self.total:
+        if not gradient_checkpointing and self.activations > 0.2 * need:
             out.append("--gradient-checkpointing (recompute activations in the backward pass)")
-        if batch_size > 1 and self.activations > 0.2 * self.total:
+        if batch_size > 1 and self.activations > 0.2 * need:
             out.append(f"--batch-size {max(1, batch_size // 2)} --grad-accum 2 (same effective batch)")
         if method == "full":
             out.append("--method lora (no gradients or Adam states for the base weights)")
@@ -65,8 +73,11 @@ class Estimate:
     def describe(self) -> str:
         gib = 2 ** 30
         have = f" of {self.available / gib:.1f} GiB available" if self.available else ""
-        return (f"~{self.total / gib:.2f} GiB estimated on {self.device}{have} "
-                f"(weights {self.weights / gib:.2f}, optimizer {self.optimizer / gib:.2f}, "
+        held = f"held already {self.resident / gib:.2f}, " if self.resident else ""
+        plan = {"checkpointing": ", with gradient checkpointing",
+                "low-memory": ", with gradient checkpointing and freed memory returned at once"}.get(self.plan, "")
+        return (f"~{self.total / gib:.2f} GiB estimated on {self.device}{have}{plan} "
+                f"({held}weights {self.weights / gib:.2f}, optimizer {self.optimizer / gib:.2f}, "
                 f"activations {self.activations / gib:.2f})")
 
 
@@ -128,9 +139,56 @@ def container_room(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup"
     return None
 
 
+def resident_memory() -> int:
+    """This process's resident memory now (VmRSS), in bytes; 0 where /proc does not say."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _glibc():
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def trim_freed_memory() -> bool:
+    """Give the memory this process freed back to the system now (glibc's ``malloc_trim``): an evaluation's
+    or a training run's activations otherwise stay resident, counted against a container's limit, until
+    the allocator happens to reuse them. Whether it could."""
+    libc = _glibc()
+    return bool(libc and libc.malloc_trim(0) >= 0)
+
+
+def return_freed_memory() -> bool:
+    """From now on, give every large block (128 KiB and more) back to the system as soon as it is freed.
+
+    glibc raises its mmap threshold as large blocks are freed, so a training step's activations come
+    from the heap, whose freed blocks stay resident: measured 2.8 GiB of peak for 1.3 GiB with a fixed
+    threshold, on the embedded model with checkpointing. It costs time (fresh pages at every step:
+    2x the time with checkpointing's 1.4x, bench/README.md), so nbkit does it only where a run would not fit otherwise. It
+    lasts for the process. Whether it could (glibc only)."""
+    libc = _glibc()
+    return bool(libc and libc.mallopt(-3, 128 * 1024))  # M_MMAP_THRESHOLD; fixing it fixes the trim threshold too
+
+
 def estimate_training(config, *, method_kind: str, quantize: str | None, trainable: int | None,
                       batch_size: int, seq_len: int, weight_bytes: int, gradient_checkpointing: bool,
-                      device: str, available: int | None = None) -> Estimate:
+                      device: str, available: int | None = None, resident: int | None = None,
+                      dropout: bool = False, low_memory: bool = False) -> Estimate:
     """Estimate the memory of one training run.
 
     Args:
@@ -143,21 +201,62 @@ def estimate_training(config, *, method_kind: str, quantize: str | None, trainab
         gradient_checkpointing: whether activations are recomputed.
         device: where it trains.
         available: free bytes (default: measured).
+        resident: on the CPU, bytes the process holds now (default: measured); they count in the peak.
+        dropout: whether an adapter drops out the input of every adapted layer (LoRA's dropout).
+        low_memory: on the CPU, whether freed memory goes back to the system at once (:func:`return_freed_memory`).
     """
     n = estimate_parameters(config)
     h = getattr(config, "hidden_size", 0) or 0
     vocab = getattr(config, "vocab_size", 0) or 0
-    layers = getattr(config, "num_hidden_layers", 0) or 0
     embeddings = vocab * h
     per_weight = {"4bit": 0.5 + 0.05, "8bit": 1.0}.get(quantize or "", weight_bytes)
     weights = int((n - embeddings) * per_weight + embeddings * weight_bytes)  # embeddings stay unquantized
     if trainable is None:
         trainable = n if method_kind == "full" else max(1, n // 100)
     optimizer = trainable * (4 + 8)  # fp32 gradient + two Adam moments
-    tokens = batch_size * seq_len
-    # per layer and token ~34·h bytes of saved activations in 16-bit (Korthikanti et al.), doubled for fp32;
-    # with checkpointing only each layer's input is kept; plus fp32 logits and their gradient
-    per_layer = (2 * h * weight_bytes) if gradient_checkpointing else 17 * h * weight_bytes
-    activations = int(tokens * (layers * per_layer + 2 * vocab * 4))
-    return Estimate(weights, optimizer, activations,
-                    available if available is not None else available_memory(device), device)
+    activations = activation_bytes(config, batch_size * seq_len, act_bytes=weight_bytes, dropout=dropout,
+                                   all_logits=method_kind == "prompt", checkpointing=gradient_checkpointing,
+                                   cpu=device == "cpu", low_memory=low_memory)
+    if quantize and not gradient_checkpointing:  # each layer's weights, dequantized, are kept for its backward
+        activations += int((n - embeddings) * weight_bytes * (1.25 if device == "cpu" else 1.0))
+    cpu = device == "cpu"
+    if cpu and resident is None:
+        resident = resident_memory()
+    if cpu and quantize:  # quantized weights were made in memory (resident already); the embeddings load lazily
+        weights = embeddings * weight_bytes
+    if available is None:
+        available = available_memory(device)
+    if cpu and available is not None:
+        available += resident or 0
+    return Estimate(weights, optimizer, activations, available, device, resident=(resident or 0) if cpu else 0,
+                    plan="low-memory" if low_memory else "checkpointing" if gradient_checkpointing else "")
+
+
+def activation_bytes(config, tokens: int, *, act_bytes: int, dropout: bool, all_logits: bool, checkpointing: bool,
+                     cpu: bool, low_memory: bool) -> int:
+    """Bytes of activations at the peak of a step over ``tokens`` tokens (the longest batch).
+
+    Per layer and token autograd keeps about 7h + 3kv + 4i values of a Llama-shaped decoder (h the
+    width, kv the keys' width, i the MLP's; counted 18.7h and measured 19.7h on SmolLM2), and LoRA's
+    dropout keeps a dropped copy and a mask of every adapted layer's input (6h + i, measured with
+    the rest 32.3h). The output head runs on the target positions only, except under learned prompts.
+    On the CPU glibc keeps freed blocks for reuse rather than returning them, which is measured, not
+    derived: about 1.25x the saved values without checkpointing and 0.7x with it (the recomputed
+    layers land in fresh blocks), and only the saved layer inputs plus a few layers' worth once
+    freed memory is returned at once (bench/README.md, "Memory").
+    """
+    h = getattr(config, "hidden_size", 0) or 0
+    layers = getattr(config, "num_hidden_layers", 0) or 0
+    vocab = getattr(config, "vocab_size", 0) or 0
+    heads = getattr(config, "num_attention_heads", None) or 1
+    kv = (getattr(config, "num_key_value_heads", None) or heads) * (getattr(config, "head_dim", None) or h // max(1, heads))
+    inter = getattr(config, "intermediate_size", None) or 4 * h
+    per_layer = (7 * h + 3 * kv + 4 * inter) * act_bytes + ((6 * h + inter) * (act_bytes + 1) if dropout else 0)
+    logits = 3 * vocab * 4 if all_logits else 0  # fp32 logits, their log-softmax and its gradient
+    saved = tokens * (layers * per_layer + logits)
+    if not checkpointing:
+        return int(saved * (1.25 if cpu else 1.0))
+    kept = tokens * (layers * h * act_bytes + 3 * per_layer + logits)  # layer inputs, one layer redone, its gradients
+    if not cpu or low_memory:
+        return int(kept)
+    return int(max(kept, 0.7 * saved))

@@ -9,6 +9,7 @@ through :mod:`nbkit.events`; nothing here draws.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import time
 import warnings
@@ -19,7 +20,7 @@ from ..config import TuneConfig, data_spec, pair_tasks, task_names
 from ..errors import ConfigError, TrainingFailed, TrainingInterrupted
 from ..hf import quiet, set_seed
 from ..jobfiles import write_job
-from ..memory import estimate_training
+from ..memory import estimate_training, return_freed_memory, trim_freed_memory
 from ..methods import BuildContext, method_for
 from ..models import load_model, load_tokenizer, model_config, pick_device, quantization_config
 from ..objectives import get_objective
@@ -100,7 +101,7 @@ def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str
     model = spec.build(loaded.model, method_options,
                        BuildContext(tokenizer=loaded.tokenizer, prompt=tasks[0].prompt, model_path=model_path))
     trainable, total = count_parameters(model)
-    memory = estimate(model_cfg, spec, cfg, loaded, trainable, batches.lengths)
+    memory = fit_memory(model_cfg, spec, cfg, loaded, trainable, batches.lengths, method_options, emit)
     run = open_run(cfg, tasks, world, loaded.tokenizer, overwrite=overwrite, resume=resume)
     try:
         trainer = build_trainer(model, loaded, batches.examples, cfg, run, spec, batches.dev_eval,
@@ -114,7 +115,12 @@ def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str
                     trainable=trainable, total=total, memory=memory, dev_eval=batches.dev_eval, world=world)
     trainer.add_callback(bridge)
     trainer.remove_callback(transformers_printer())  # it prints every log dict
-    train(trainer, bridge, run, model, loaded, spec, cfg, memory, resume)
+    try:
+        train(trainer, bridge, run, model, loaded, spec, cfg, memory, resume)
+    finally:
+        del trainer, model, loaded, bridge
+        gc.collect()  # the Trainer and its callbacks hold each other: free the model and its activations now
+        trim_freed_memory()
     return remember_run(run)
 
 
@@ -231,15 +237,44 @@ def check_world(world: "distributed.World", cfg: TuneConfig, rows: int) -> None:
                           f"an equal share of every batch; use a multiple of {world.size}")
 
 
-def estimate(model_cfg, spec, cfg: TuneConfig, loaded, trainable: int, lengths: list[int]):
+def estimate(model_cfg, spec, cfg: TuneConfig, loaded, trainable: int, lengths: list[int], method_options=None,
+             *, checkpointing: bool | None = None, low_memory: bool = False):
     """The memory estimate printed before training starts."""
     longest = min(max(lengths, default=cfg.max_length), cfg.max_length)
     weight_bytes = 2 if str(getattr(loaded.model, "dtype", "")).endswith(("bfloat16", "float16")) else 4
     return estimate_training(
         model_cfg, method_kind=spec.kind, quantize=spec.quantize, trainable=trainable,
         batch_size=cfg.batch_size, seq_len=longest, weight_bytes=weight_bytes,
-        gradient_checkpointing=cfg.gradient_checkpointing, device=loaded.device,
+        gradient_checkpointing=cfg.gradient_checkpointing if checkpointing is None else checkpointing,
+        device=loaded.device, dropout=spec.kind == "adapter" and bool(getattr(method_options, "dropout", 0)),
+        low_memory=low_memory,
     )
+
+
+def fit_memory(model_cfg, spec, cfg: TuneConfig, loaded, trainable: int, lengths: list[int], method_options, emit):
+    """The run's memory estimate; on the CPU, where the run as asked would not fit (Binder gives ~2 GB),
+    gradient checkpointing goes on, then freed memory is returned at once (:func:`return_freed_memory`),
+    until it fits. Both keep the numbers (checkpointing replays the dropout masks) and cost time."""
+    trim_freed_memory()  # what an earlier evaluation freed is not the run's to count
+    memory = estimate(model_cfg, spec, cfg, loaded, trainable, lengths, method_options)
+    if memory.fits or loaded.device != "cpu":
+        return memory
+    checkpointing = cfg.gradient_checkpointing or spec.kind != "prompt"  # learned prompts: not tried with it
+    plans = [dict(checkpointing=True)] if checkpointing and not cfg.gradient_checkpointing else []
+    plans.append(dict(checkpointing=checkpointing, low_memory=True))
+    for plan in plans:
+        fitted = estimate(model_cfg, spec, cfg, loaded, trainable, lengths, method_options, **plan)
+        if fitted.fits:
+            break
+    cfg.gradient_checkpointing = plan["checkpointing"]
+    if plan.get("low_memory"):
+        return_freed_memory()
+    gib = 2 ** 30
+    what = {"checkpointing": "gradient checkpointing (recomputes activations: ~1.4x the time)",
+            "low-memory": "gradient checkpointing and freed memory returned at once (~2x the time)"}[fitted.plan]
+    emit.on_note(f"memory: as asked, ~{memory.total / gib:.2f} GiB would not fit in {memory.available / gib:.1f} "
+                 f"GiB: training with {what}; the same numbers")
+    return fitted
 
 
 def explain(error: Exception, memory, spec, cfg: TuneConfig) -> str:
