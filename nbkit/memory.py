@@ -46,11 +46,15 @@ class Estimate:
     available: int | None
     device: str
     resident: int = 0
-    plan: str = ""  # "", "checkpointing" or "low-memory": what nbkit turned on to make it fit
+    plan: str = ""  # "", "checkpointing", "freed-memory" or "low-memory" (both): what nbkit turned on to fit
 
     @property
     def total(self) -> int:
         return self.resident + self.weights + self.optimizer + self.activations
+
+    @property
+    def returns_freed_memory(self) -> bool:
+        return self.plan in ("freed-memory", "low-memory")
 
     @property
     def fits(self) -> bool:
@@ -74,7 +78,7 @@ class Estimate:
         gib = 2 ** 30
         have = f" of {self.available / gib:.1f} GiB available" if self.available else ""
         held = f"held already {self.resident / gib:.2f}, " if self.resident else ""
-        plan = {"checkpointing": ", with gradient checkpointing",
+        plan = {"checkpointing": ", with gradient checkpointing", "freed-memory": ", with freed memory returned at once",
                 "low-memory": ", with gradient checkpointing and freed memory returned at once"}.get(self.plan, "")
         return (f"~{self.total / gib:.2f} GiB estimated on {self.device}{have}{plan} "
                 f"({held}weights {self.weights / gib:.2f}, optimizer {self.optimizer / gib:.2f}, "
@@ -110,6 +114,18 @@ def container_room(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup"
     """Bytes left under this process's cgroup memory limit (v2 ``memory.max``, or v1 ``memory.limit_in_bytes``),
     or None without a limit. The page cache counts towards the usage but the kernel reclaims it before it
     kills anything, so it is added back."""
+    found = _container(root, proc)
+    return None if found is None else max(0, found[0] - found[1] + found[2])
+
+
+def container_limit(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> int | None:
+    """This process's cgroup memory limit in bytes, or None without one."""
+    found = _container(root, proc)
+    return None if found is None else found[0]
+
+
+def _container(root: str, proc: str) -> tuple[int, int, int] | None:
+    """(limit, usage, page cache) of the first memory cgroup of this process that has a limit."""
     base = Path(root)
     try:
         lines = Path(proc).read_text().splitlines()
@@ -135,7 +151,7 @@ def container_room(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup"
             cache = next((int(v) for k, v in (ln.split() for ln in stat.read_text().splitlines()) if k == cache_key), 0)
         except (OSError, ValueError):
             continue
-        return max(0, int(text) - used + cache)
+        return int(text), used, cache
     return None
 
 
@@ -173,16 +189,18 @@ def trim_freed_memory() -> bool:
     return bool(libc and libc.malloc_trim(0) >= 0)
 
 
-def return_freed_memory() -> bool:
-    """From now on, give every large block (128 KiB and more) back to the system as soon as it is freed.
+def return_freed_memory(on: bool = True) -> bool:
+    """Give every large block (128 KiB and more) back to the system as soon as it is freed, or (``on=False``)
+    stop doing so.
 
     glibc raises its mmap threshold as large blocks are freed, so a training step's activations come
-    from the heap, whose freed blocks stay resident: measured 2.8 GiB of peak for 1.3 GiB with a fixed
+    from the heap, whose freed blocks stay resident: measured 2.5 GiB of peak for 1.3 GiB with a fixed
     threshold, on the embedded model with checkpointing. It costs time (fresh pages at every step:
-    2x the time with checkpointing's 1.4x, bench/README.md), so nbkit does it only where a run would not fit otherwise. It
-    lasts for the process. Whether it could (glibc only)."""
+    2x the time with checkpointing's 1.4x, bench/README.md), so nbkit does it only for a run that
+    would not fit otherwise, and ends it with the run: the threshold goes to 32 MiB, where glibc's own
+    would have risen to. Whether it could (glibc only)."""
     libc = _glibc()
-    return bool(libc and libc.mallopt(-3, 128 * 1024))  # M_MMAP_THRESHOLD; fixing it fixes the trim threshold too
+    return bool(libc and libc.mallopt(-3, 128 * 1024 if on else 32 * 2 ** 20))  # M_MMAP_THRESHOLD
 
 
 def estimate_training(config, *, method_kind: str, quantize: str | None, trainable: int | None,
@@ -226,10 +244,13 @@ def estimate_training(config, *, method_kind: str, quantize: str | None, trainab
         weights = embeddings * weight_bytes
     if available is None:
         available = available_memory(device)
-    if cpu and available is not None:
+    if cpu and available is not None:  # what is free, plus what the process holds, and never over a container's limit
         available += resident or 0
+        limit = container_limit()
+        available = min(available, limit) if limit else available
     return Estimate(weights, optimizer, activations, available, device, resident=(resident or 0) if cpu else 0,
-                    plan="low-memory" if low_memory else "checkpointing" if gradient_checkpointing else "")
+                    plan=("low-memory" if gradient_checkpointing else "freed-memory") if low_memory
+                    else "checkpointing" if gradient_checkpointing else "")
 
 
 def activation_bytes(config, tokens: int, *, act_bytes: int, dropout: bool, all_logits: bool, checkpointing: bool,
@@ -242,8 +263,8 @@ def activation_bytes(config, tokens: int, *, act_bytes: int, dropout: bool, all_
     the rest 32.3h). The output head runs on the target positions only, except under learned prompts.
     On the CPU glibc keeps freed blocks for reuse rather than returning them, which is measured, not
     derived: about 1.25x the saved values without checkpointing and 0.7x with it (the recomputed
-    layers land in fresh blocks), and only the saved layer inputs plus a few layers' worth once
-    freed memory is returned at once (bench/README.md, "Memory").
+    layers land in fresh blocks); once freed memory is returned at once, the saved values alone, or
+    with checkpointing the saved layer inputs plus a few layers' worth (bench/README.md, "Memory").
     """
     h = getattr(config, "hidden_size", 0) or 0
     layers = getattr(config, "num_hidden_layers", 0) or 0
@@ -255,7 +276,7 @@ def activation_bytes(config, tokens: int, *, act_bytes: int, dropout: bool, all_
     logits = 3 * vocab * 4 if all_logits else 0  # fp32 logits, their log-softmax and its gradient
     saved = tokens * (layers * per_layer + logits)
     if not checkpointing:
-        return int(saved * (1.25 if cpu else 1.0))
+        return int(saved * (1.25 if cpu and not low_memory else 1.0))
     kept = tokens * (layers * h * act_bytes + 3 * per_layer + logits)  # layer inputs, one layer redone, its gradients
     if not cpu or low_memory:
         return int(kept)

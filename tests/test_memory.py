@@ -99,3 +99,24 @@ def test_the_estimate_counts_what_the_process_holds_and_each_saving():
 
 def test_freed_memory_can_be_given_back():
     assert trim_freed_memory() is sys.platform.startswith("linux")
+
+
+def test_a_run_that_would_not_fit_tries_checkpointing_then_the_allocator_then_micro_batches():
+    from nbkit.config import TuneConfig
+    from nbkit.training.decoder import memory_plans
+
+    lora = memory_plans(TuneConfig(prompt="p", data="d", method="lora", batch_size=8))
+    assert lora == [dict(checkpointing=True), dict(checkpointing=True, low_memory=True),
+                    *[dict(checkpointing=True, low_memory=True, batch_size=b) for b in (4, 2, 1)]]
+    prefix = memory_plans(TuneConfig(prompt="p", data="d", method="prefix-tuning", batch_size=6))
+    assert prefix == [dict(checkpointing=False, low_memory=True), dict(checkpointing=False, low_memory=True,
+                                                                       batch_size=3)]
+
+
+def test_prefix_tuning_refuses_checkpointing_before_any_weights_load():
+    import nbkit
+    from nbkit.errors import ConfigError
+
+    prompt = nbkit.Prompt("Review: {{ text }}\nSentiment:", name="s", target="{{ label }}")
+    with pytest.raises(ConfigError, match="gradient_checkpointing.*prefix-tuning"):
+        nbkit.tune(prompt, "sample:sentiment", method="prefix-tuning", gradient_checkpointing=True, max_steps=1)

@@ -240,7 +240,7 @@ def test_four_bit_without_bitsandbytes_fails_before_a_run_exists(intent_prompt, 
 def test_a_containers_memory_limit_is_what_a_run_may_use(tmp_path, version):
     """Binder's ~2 GB is a cgroup limit on a machine whose /proc/meminfo shows far more: the room left under the
     limit (its page cache added back: the kernel reclaims that first) is what the estimate is compared with."""
-    from nbkit.memory import container_room
+    from nbkit.memory import container_limit, container_room
 
     gib = 2 ** 30
     if version == 2:
@@ -257,6 +257,7 @@ def test_a_containers_memory_limit_is_what_a_run_may_use(tmp_path, version):
         (folder / name).write_text(text)
     (tmp_path / "cgroup").write_text(proc)
     assert container_room(str(tmp_path), str(tmp_path / "cgroup")) == gib + gib // 4
+    assert container_limit(str(tmp_path), str(tmp_path / "cgroup")) == 2 * gib  # the whole peak's ceiling
     (folder / ("memory.max" if version == 2 else "memory.limit_in_bytes")).write_text(
         "max\n" if version == 2 else "9223372036854771712\n")
     assert container_room(str(tmp_path), str(tmp_path / "cgroup")) is None  # no limit: the machine's memory counts

@@ -34,6 +34,9 @@ from .tasks import Task, examples, load_task, write_inputs
 from .trainer import build_trainer, count_parameters
 
 
+NO_CHECKPOINTING = ("prefix-tuning",)  # measured: its past key values do not survive the recomputation
+
+
 def decoder_config(prompt, data, settings: Mapping[str, Any], options: Mapping[str, Any]):
     """(config, prompts, data sets) of a decoder run, every setting checked."""
     prompts, datas = pair_tasks(prompt, data)
@@ -42,6 +45,9 @@ def decoder_config(prompt, data, settings: Mapping[str, Any], options: Mapping[s
     multi = len(prompts) > 1
     cfg = TuneConfig(prompt=[p.name for p in prompts] if multi else prompts[0].name,
                      data=specs if multi else specs[0], options=dict(options), **settings)
+    if cfg.gradient_checkpointing and cfg.method in NO_CHECKPOINTING:
+        raise ConfigError("gradient_checkpointing", f"does not work with {cfg.method}: its prefix is a cache the "
+                          "recomputed layers cannot replay; leave it off")
     for name in ("pooling", "corpus"):
         if getattr(cfg, name) is not None:
             raise ConfigError(name, "goes with --task embedding (an encoder); a decoder learns the target text")
@@ -121,6 +127,8 @@ def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str
         del trainer, model, loaded, bridge
         gc.collect()  # the Trainer and its callbacks hold each other: free the model and its activations now
         trim_freed_memory()
+        if memory.returns_freed_memory:
+            return_freed_memory(False)  # what comes next (an evaluation) is not slowed by it
     return remember_run(run)
 
 
@@ -238,42 +246,62 @@ def check_world(world: "distributed.World", cfg: TuneConfig, rows: int) -> None:
 
 
 def estimate(model_cfg, spec, cfg: TuneConfig, loaded, trainable: int, lengths: list[int], method_options=None,
-             *, checkpointing: bool | None = None, low_memory: bool = False):
+             *, checkpointing: bool | None = None, low_memory: bool = False, batch_size: int | None = None):
     """The memory estimate printed before training starts."""
     longest = min(max(lengths, default=cfg.max_length), cfg.max_length)
     weight_bytes = 2 if str(getattr(loaded.model, "dtype", "")).endswith(("bfloat16", "float16")) else 4
     return estimate_training(
         model_cfg, method_kind=spec.kind, quantize=spec.quantize, trainable=trainable,
-        batch_size=cfg.batch_size, seq_len=longest, weight_bytes=weight_bytes,
+        batch_size=batch_size or cfg.batch_size, seq_len=longest, weight_bytes=weight_bytes,
         gradient_checkpointing=cfg.gradient_checkpointing if checkpointing is None else checkpointing,
         device=loaded.device, dropout=spec.kind == "adapter" and bool(getattr(method_options, "dropout", 0)),
         low_memory=low_memory,
     )
 
 
+def memory_plans(cfg: TuneConfig) -> list[dict]:
+    """What a CPU run that would not fit tries, in order: gradient checkpointing (not for prefix tuning, whose
+    prefix the recomputed layers cannot replay), freed memory returned at once, then micro-batches (half the
+    batch, twice the accumulation) down to one example."""
+    checkpointing = cfg.gradient_checkpointing or cfg.method not in NO_CHECKPOINTING
+    plans = [dict(checkpointing=True)] if checkpointing and not cfg.gradient_checkpointing else []
+    plans.append(dict(checkpointing=checkpointing, low_memory=True))
+    batch = cfg.batch_size
+    while batch % 2 == 0 and batch > 1:
+        batch //= 2
+        plans.append(dict(checkpointing=checkpointing, low_memory=True, batch_size=batch))
+    return plans
+
+
 def fit_memory(model_cfg, spec, cfg: TuneConfig, loaded, trainable: int, lengths: list[int], method_options, emit):
-    """The run's memory estimate; on the CPU, where the run as asked would not fit (Binder gives ~2 GB),
-    gradient checkpointing goes on, then freed memory is returned at once (:func:`return_freed_memory`),
-    until it fits. Both keep the numbers (checkpointing replays the dropout masks) and cost time."""
+    """The run's memory estimate; on the CPU, where the run as asked would not fit (Binder gives ~2 GB), the
+    first of :func:`memory_plans` that fits (or the last), said in one line. Checkpointing and returning
+    freed memory keep the numbers (checkpointing replays the dropout masks) and cost time; micro-batches keep
+    the effective batch, but batches grouped by length differ, so the numbers differ a little."""
     trim_freed_memory()  # what an earlier evaluation freed is not the run's to count
     memory = estimate(model_cfg, spec, cfg, loaded, trainable, lengths, method_options)
     if memory.fits or loaded.device != "cpu":
         return memory
-    checkpointing = cfg.gradient_checkpointing or spec.kind != "prompt"  # learned prompts: not tried with it
-    plans = [dict(checkpointing=True)] if checkpointing and not cfg.gradient_checkpointing else []
-    plans.append(dict(checkpointing=checkpointing, low_memory=True))
-    for plan in plans:
+    for plan in memory_plans(cfg):
         fitted = estimate(model_cfg, spec, cfg, loaded, trainable, lengths, method_options, **plan)
         if fitted.fits:
             break
-    cfg.gradient_checkpointing = plan["checkpointing"]
+    what = []
+    if plan["checkpointing"] and not cfg.gradient_checkpointing:
+        what.append("gradient checkpointing (recomputes activations: ~1.4x the time)")
     if plan.get("low_memory"):
+        what.append("freed memory returned at once (~2x the time with checkpointing)")
         return_freed_memory()
+    same = "the same numbers"
+    if plan.get("batch_size"):
+        accum = cfg.grad_accum * cfg.batch_size // plan["batch_size"]
+        what.append(f"micro-batches of {plan['batch_size']} with --grad-accum {accum} (the same effective batch)")
+        cfg.batch_size, cfg.grad_accum = plan["batch_size"], accum
+        same = "numbers a little different from the run as asked (batches are grouped by length)"
+    cfg.gradient_checkpointing = plan["checkpointing"]
     gib = 2 ** 30
-    what = {"checkpointing": "gradient checkpointing (recomputes activations: ~1.4x the time)",
-            "low-memory": "gradient checkpointing and freed memory returned at once (~2x the time)"}[fitted.plan]
     emit.on_note(f"memory: as asked, ~{memory.total / gib:.2f} GiB would not fit in {memory.available / gib:.1f} "
-                 f"GiB: training with {what}; the same numbers")
+                 f"GiB: training with {', '.join(what)}; {same}")
     return fitted
 
 
