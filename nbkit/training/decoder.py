@@ -280,8 +280,8 @@ def fit_memory(model_cfg, spec, cfg: TuneConfig, loaded, trainable: int, lengths
     the effective batch, but batches grouped by length differ, so the numbers differ a little."""
     trim_freed_memory()  # what an earlier evaluation freed is not the run's to count
     memory = estimate(model_cfg, spec, cfg, loaded, trainable, lengths, method_options)
-    if memory.fits or loaded.device != "cpu":
-        return memory
+    if memory.fits or loaded.device != "cpu" or distributed.world().distributed:
+        return memory  # several processes would each plan by their own memory, and must not train apart
     for plan in memory_plans(cfg):
         fitted = estimate(model_cfg, spec, cfg, loaded, trainable, lengths, method_options, **plan)
         if fitted.fits:
