@@ -242,11 +242,12 @@ def estimate_training(config, *, method_kind: str, quantize: str | None, trainab
         resident = resident_memory()
     if cpu and quantize:  # quantized weights were made in memory (resident already); the embeddings load lazily
         weights = embeddings * weight_bytes
-    if available is None:
+    measured = available is None
+    if measured:
         available = available_memory(device)
     if cpu and available is not None:  # what is free, plus what the process holds, and never over a container's limit
         available += resident or 0
-        limit = container_limit()
+        limit = container_limit() if measured else None
         available = min(available, limit) if limit else available
     return Estimate(weights, optimizer, activations, available, device, resident=(resident or 0) if cpu else 0,
                     plan=("low-memory" if gradient_checkpointing else "freed-memory") if low_memory
