@@ -155,16 +155,21 @@ def _container(root: str, proc: str) -> tuple[int, int, int] | None:
     return None
 
 
-def resident_memory() -> int:
-    """This process's resident memory now (VmRSS), in bytes; 0 where /proc does not say."""
+def status_kib(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (Linux), or None."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return None
+
+
+def resident_memory() -> int:
+    """This process's resident memory now (VmRSS), in bytes; 0 where /proc does not say."""
+    return (status_kib("VmRSS") or 0) * 1024
 
 
 def _glibc():
@@ -181,15 +186,19 @@ def _glibc():
         return None
 
 
-def trim_freed_memory() -> bool:
-    """Give the memory this process freed back to the system now (glibc's ``malloc_trim``): an evaluation's
-    or a training run's activations otherwise stay resident, counted against a container's limit, until
-    the allocator happens to reuse them. Whether it could."""
+def release_freed_memory() -> bool:
+    """Free what is unreachable and give the memory this process freed back to the system now (``gc`` and
+    glibc's ``malloc_trim``): a finished training run's model and trainer live in reference cycles, and
+    glibc keeps freed heap memory resident, counted against a container's limit, until it happens to
+    reuse it. Whether the trim could be asked for (glibc only)."""
+    import gc
+
+    gc.collect()
     libc = _glibc()
     return bool(libc and libc.malloc_trim(0) >= 0)
 
 
-def return_freed_memory(on: bool = True) -> bool:
+def return_freed_memory_at_once(on: bool = True) -> bool:
     """Give every large block (128 KiB and more) back to the system as soon as it is freed, or (``on=False``)
     stop doing so.
 
@@ -221,7 +230,7 @@ def estimate_training(config, *, method_kind: str, quantize: str | None, trainab
         available: free bytes (default: measured).
         resident: on the CPU, bytes the process holds now (default: measured); they count in the peak.
         dropout: whether an adapter drops out the input of every adapted layer (LoRA's dropout).
-        low_memory: on the CPU, whether freed memory goes back to the system at once (:func:`return_freed_memory`).
+        low_memory: on the CPU, whether freed memory goes back to the system at once (:func:`return_freed_memory_at_once`).
     """
     n = estimate_parameters(config)
     h = getattr(config, "hidden_size", 0) or 0
@@ -232,12 +241,12 @@ def estimate_training(config, *, method_kind: str, quantize: str | None, trainab
     if trainable is None:
         trainable = n if method_kind == "full" else max(1, n // 100)
     optimizer = trainable * (4 + 8)  # fp32 gradient + two Adam moments
+    cpu = device == "cpu"
     activations = activation_bytes(config, batch_size * seq_len, act_bytes=weight_bytes, dropout=dropout,
                                    all_logits=method_kind == "prompt", checkpointing=gradient_checkpointing,
-                                   cpu=device == "cpu", low_memory=low_memory)
+                                   cpu=cpu, low_memory=low_memory)
     if quantize and not gradient_checkpointing:  # each layer's weights, dequantized, are kept for its backward
-        activations += int((n - embeddings) * weight_bytes * (1.25 if device == "cpu" else 1.0))
-    cpu = device == "cpu"
+        activations += int((n - embeddings) * weight_bytes * (1.25 if cpu else 1.0))
     if cpu and resident is None:
         resident = resident_memory()
     if cpu and quantize:  # quantized weights were made in memory (resident already); the embeddings load lazily

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from nbkit.memory import Estimate, estimate_training, trim_freed_memory
+from nbkit.memory import Estimate, estimate_training, release_freed_memory
 
 RUN = textwrap.dedent("""
     import json, os, sys, tempfile
@@ -34,7 +34,7 @@ RUN = textwrap.dedent("""
         os.environ["NBKIT_RUNS_DIR"] = out
         nbkit.tune(prompt, {"train": rows, "test": rows[:1]}, method=method, max_steps=1, batch_size=batch,
                    gradient_checkpointing=checkpointing, callbacks=[])
-    peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
+    peak = nbkit.memory.status_kib("VmHWM") * 1024
     e = seen["estimate"]
     print(json.dumps({"estimate": e.total, "peak": peak, "plan": e.plan, "fits": e.fits}))
 """)
@@ -98,7 +98,7 @@ def test_the_estimate_counts_what_the_process_holds_and_each_saving():
 
 
 def test_freed_memory_can_be_given_back():
-    assert trim_freed_memory() is sys.platform.startswith("linux")
+    assert release_freed_memory() is sys.platform.startswith("linux")
 
 
 def test_a_run_that_would_not_fit_tries_checkpointing_then_the_allocator_then_micro_batches():

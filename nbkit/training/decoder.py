@@ -9,7 +9,6 @@ through :mod:`nbkit.events`; nothing here draws.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
 import time
 import warnings
@@ -20,7 +19,7 @@ from ..config import TuneConfig, data_spec, pair_tasks, task_names
 from ..errors import ConfigError, TrainingFailed, TrainingInterrupted
 from ..hf import quiet, set_seed
 from ..jobfiles import write_job
-from ..memory import estimate_training, return_freed_memory, trim_freed_memory
+from ..memory import estimate_training, release_freed_memory, return_freed_memory_at_once
 from ..methods import BuildContext, method_for
 from ..models import load_model, load_tokenizer, model_config, pick_device, quantization_config
 from ..objectives import get_objective
@@ -125,10 +124,9 @@ def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str
         train(trainer, bridge, run, model, loaded, spec, cfg, memory, resume)
     finally:
         del trainer, model, loaded, bridge
-        gc.collect()  # the Trainer and its callbacks hold each other: free the model and its activations now
-        trim_freed_memory()
+        release_freed_memory()  # the model and its activations, now: the Trainer and its callbacks hold each other
         if memory.returns_freed_memory:
-            return_freed_memory(False)  # what comes next (an evaluation) is not slowed by it
+            return_freed_memory_at_once(False)  # what comes next (an evaluation) is not slowed by it
     return remember_run(run)
 
 
@@ -278,7 +276,7 @@ def fit_memory(model_cfg, spec, cfg: TuneConfig, loaded, trainable: int, lengths
     first of :func:`memory_plans` that fits (or the last), said in one line. Checkpointing and returning
     freed memory keep the numbers (checkpointing replays the dropout masks) and cost time; micro-batches keep
     the effective batch, but batches grouped by length differ, so the numbers differ a little."""
-    trim_freed_memory()  # what an earlier evaluation freed is not the run's to count
+    release_freed_memory()  # what an earlier evaluation freed is not the run's to count
     memory = estimate(model_cfg, spec, cfg, loaded, trainable, lengths, method_options)
     if memory.fits or loaded.device != "cpu" or distributed.world().distributed:
         return memory  # several processes would each plan by their own memory, and must not train apart
@@ -291,7 +289,7 @@ def fit_memory(model_cfg, spec, cfg: TuneConfig, loaded, trainable: int, lengths
         what.append("gradient checkpointing (recomputes activations: ~1.4x the time)")
     if plan.get("low_memory"):
         what.append("freed memory returned at once (~2x the time with checkpointing)")
-        return_freed_memory()
+        return_freed_memory_at_once()
     same = "the same numbers"
     if plan.get("batch_size"):
         accum = cfg.grad_accum * cfg.batch_size // plan["batch_size"]

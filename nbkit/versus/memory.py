@@ -7,7 +7,8 @@ reset before each approach (``/proc/self/clear_refs``); on CUDA, allocated memor
 
 from __future__ import annotations
 
-import gc
+# the process's memory, read and released as a training run does it
+from ..memory import release_freed_memory, status_kib
 
 
 class PeakMemory:
@@ -37,33 +38,6 @@ class PeakMemory:
 
             out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20)
         return out
-
-
-def release_freed_memory() -> None:
-    """Free what the previous approach left and hand it back to the system, so each mark starts from live memory.
-
-    Its training model and trainer live in reference cycles; and glibc keeps freed heap memory
-    in the process (resident) until asked to trim it.
-    """
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim, or no way to ask
-        pass
-
-
-def status_kib(field: str) -> int | None:
-    """A ``kB`` field of ``/proc/self/status`` (Linux), or None."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def reset_high_water_mark() -> bool:
