@@ -22,7 +22,7 @@ def test_export_writes_the_whole_validated_config_and_reads_back(tmp_path, inten
     path = nbkit.tune(intent_prompt, "sample:intent", export=tmp_path / "job.yaml", r=4, epochs=1, seed=3)
     job = read_job(path)
     settings = TuneConfig(**job.settings).to_dict()
-    assert settings["options"] == {"r": 4, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"}
+    assert settings["options"] == {"r": 4, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
     assert settings["lr"] == 5e-4 and settings["seed"] == 3 and settings["data"] == "sample:intent"
     assert job.prompts["intent"] == intent_prompt.resolve_target(["text", "label"])
     assert path.read_text().startswith("# nbkit tune job")

@@ -63,9 +63,13 @@ class Method:
     summary: str = ""
     families: tuple[str, ...] = ("decoder",)
 
-    def make_options(self, values: Mapping[str, Any] | None = None):
-        """Validated options from ``values``; unknown names raise naming the valid ones."""
-        return options_of(self.options, values, f"method {self.name!r}")
+    def make_options(self, values: Mapping[str, Any] | None = None, family: str | None = None):
+        """Validated options from ``values``; unknown names raise naming the valid ones. With ``family``, the
+        defaults that depend on it are filled in (LoRA's dropout), so the run records what it trained with."""
+        options = options_of(self.options, values, f"method {self.name!r}")
+        if family is not None and hasattr(options, "for_family"):
+            options.for_family(family)
+        return options
 
 
 METHODS: dict[str, Method] = {}

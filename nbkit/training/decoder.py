@@ -8,6 +8,7 @@ through :mod:`nbkit.events`; nothing here draws.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -27,10 +28,11 @@ from ..encoding import chat_facts
 from ..runs import Run, free_name, runs_dir, write_json
 from ..session import get_prompt, remember_run
 from .callbacks import Bridge, SoftInterrupt, Terminated, check_finite, finish, last_checkpoint
+from . import packing, speed
 from .dev import DevEvaluator, TaskLosses, TasksEvaluator
 from .preference import PreferenceBatches, build_preference_trainer
 from .tasks import Task, examples, load_task, write_inputs
-from .trainer import build_trainer, count_parameters
+from .trainer import build_trainer, count_parameters, schedule
 
 
 NO_CHECKPOINTING = ("prefix-tuning",)  # measured: its past key values do not survive the recomputation
@@ -59,7 +61,7 @@ def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str
     file's path with ``export``)."""
     cfg, prompts, datas = decoder_config(prompt, data, settings, options)
     spec = method_for(cfg.method, "decoder", "does not apply to a decoder")
-    method_options = spec.make_options(cfg.options)
+    method_options = spec.make_options(cfg.options, "decoder")
     cfg.options, cfg.lr = dataclasses.asdict(method_options), cfg.lr or spec.lr
     objective = get_objective(cfg.objective)
     objective_options = objective.make_options(cfg.objective_options)
@@ -92,6 +94,8 @@ def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str
     cfg.name = cfg.name or free_name(f"{'+'.join(names)}-{cfg.method}")
     Run.check_create(cfg.name, overwrite=overwrite, resume=resume)  # every process: they fail alike
     emit = events.Emitter(list(callbacks) if world.main else [])  # one process reports
+    faster = speed.plan(cfg, spec, objective.name, len(tasks), world.size, model_cfg, steps=schedule(
+        cfg, len(batches.examples), batches.dev_eval is not None)["total"], device=pick_device(), emit=emit)
     done = Run(runs_dir() / cfg.name)
     if resume and done.status == "completed":
         emit.on_note(f"run {cfg.name!r} is complete: there is nothing to resume (a new --name trains a new run, "
@@ -110,7 +114,7 @@ def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str
     run = open_run(cfg, tasks, world, loaded.tokenizer, overwrite=overwrite, resume=resume)
     try:
         trainer = build_trainer(model, loaded, batches.examples, cfg, run, spec, batches.dev_eval,
-                                batches.task_losses) if objective.name == "sft" else build_preference_trainer(
+                                batches.task_losses, faster) if objective.name == "sft" else build_preference_trainer(
             model, loaded, batches, cfg, run, spec, objective, objective_options, tasks[0].prompt, namespace)
     except BaseException:
         if world.main and not resume:
@@ -191,7 +195,7 @@ def train(trainer, bridge: Bridge, run: Run, model, loaded, spec, cfg: TuneConfi
         run.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), error=None)
     try:
         # several processes must stop at the same step: there a Ctrl-C stops at once, checkpoints resume
-        with SoftInterrupt(bridge, soft=not world.distributed), quiet():
+        with SoftInterrupt(bridge, soft=not world.distributed), quiet(), attention(trainer, model):
             trainer.train(resume_from_checkpoint=checkpoint)
         if bridge.interrupt_requested:
             raise KeyboardInterrupt
@@ -208,6 +212,11 @@ def train(trainer, bridge: Bridge, run: Run, model, loaded, spec, cfg: TuneConfi
         finish(run, bridge.emit, bridge, "failed", message)
         raise TrainingFailed(run, message) from e
     finish(run, bridge.emit, bridge, "completed")
+
+
+def attention(trainer, model):
+    """Packed batches attend with ``nbkit_packed`` while the trainer runs; other runs as they are."""
+    return packing.PackedAttention(model) if getattr(trainer, "packed", False) else contextlib.nullcontext()
 
 
 def recorded(options) -> dict:

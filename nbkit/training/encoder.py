@@ -54,7 +54,7 @@ def encoder_config(task: str, prompt, data, settings: Mapping[str, Any], options
     if spec.kind == "setfit" and task != "classification":
         raise ConfigError("method", f"'setfit' trains a classifier (--task classification); --task {task} uses "
                           "lora or full")
-    method_options = spec.make_options(cfg.options)
+    method_options = spec.make_options(cfg.options, "encoder")
     cfg.options, cfg.lr = dataclasses.asdict(method_options), cfg.lr or LR[task][cfg.method]
     return cfg, spec, method_options
 

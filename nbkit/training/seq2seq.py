@@ -52,7 +52,7 @@ def tune_seq2seq(prompt, data, settings: Mapping[str, Any], options: Mapping[str
                      **settings)
     check_loop_settings(cfg, UNSUPPORTED, "for encoder-decoder models")
     spec = method_for(cfg.method, "seq2seq", "is not available for encoder-decoder models")
-    method_options = spec.make_options(cfg.options)
+    method_options = spec.make_options(cfg.options, "seq2seq")
     cfg.options, cfg.lr = dataclasses.asdict(method_options), cfg.lr or LR[cfg.method]
     splits = load_data(data, namespace)
     prompt = prompt.resolve_target(splits["train"].column_names)

@@ -16,6 +16,9 @@ from ..inference import takes_logits_to_keep
 from ..models import autocast_precision
 from ..runs import Run
 from .dev import DevEvaluator, TaskLosses
+from .compiling import compile_layers
+from .packing import pack
+from .speed import Speed
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -24,10 +27,12 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def collate(pad_id: int):
+def collate(pad_id: int, packed: bool = False):
     import torch
 
     def collate(batch):
+        if packed:
+            return pack(batch)
         out = _pad(batch)
         if "task" in batch[0]:
             out["task"] = torch.tensor([b["task"] for b in batch], dtype=torch.long)
@@ -126,7 +131,7 @@ def common_args(cfg: TuneConfig, run: Run, device: str, quantize: str | None, pl
 
 
 def build_trainer(model, loaded, examples, cfg: TuneConfig, run: Run, spec, dev_eval: "DevEvaluator | None",
-                  task_losses: "TaskLosses | None" = None):
+                  task_losses: "TaskLosses | None" = None, speed: Speed = Speed()):
     import datasets
     import transformers
 
@@ -147,10 +152,13 @@ def build_trainer(model, loaded, examples, cfg: TuneConfig, run: Run, spec, dev_
     )
     dataset = datasets.Dataset.from_list(examples)
     trainer = NbkitTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=collate(loaded.tokenizer.pad_token_id),
+        model=model, args=args, train_dataset=dataset, data_collator=collate(loaded.tokenizer.pad_token_id, speed.packed),
         eval_dataset=datasets.Dataset.from_list(dev_eval.examples) if dev_eval is not None else None,
     )
     trainer.dev_eval = dev_eval
+    trainer.packed = speed.packed
+    if speed.compiled:
+        compile_layers(model, speed.fallback)
     if task_losses is not None:
         trainer.task_losses = task_losses
         trainer.loss_is_scaled_for_ga = False  # a mean per micro-batch: the Trainer divides by grad_accum
@@ -170,6 +178,7 @@ class NbkitTrainer(_trainer_base()):
 
     dev_eval: "DevEvaluator | None" = None
     task_losses: "TaskLosses | None" = None
+    packed = False  # batches are packed rows (nbkit.training.packing)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.task_losses is None or "task" not in inputs:

@@ -1,0 +1,44 @@
+"""What a decoder run does to go faster, decided once before any weights load: packing and compiling.
+
+Both are said in one line before training when they are on. An impossible ``--packing`` or
+``--compile on`` is an error naming the reason, before anything loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import TuneConfig
+from ..errors import ConfigError
+from . import compiling, packing
+
+
+@dataclass(frozen=True)
+class Speed:
+    packed: bool = False  # batches are packed rows (nbkit.training.packing)
+    compiled: bool = False  # each layer is torch.compile'd (nbkit.training.compiling)
+    fallback: bool = False  # chosen by auto: a layer that fails to compile runs eagerly
+
+
+def plan(cfg: TuneConfig, spec, objective: str, tasks: int, processes: int, model_config, steps: int,
+         device: str, emit=None) -> Speed:
+    """The run's :class:`Speed` from its settings, method, objective, tasks, processes, model and steps."""
+    packed = False
+    if cfg.packing:
+        why = packing.reasons_not(method=cfg.method, kind=spec.kind, objective=objective, tasks=tasks,
+                                  processes=processes, model_config=model_config)
+        if why:
+            raise ConfigError("packing", f"cannot be on: {why[0]}; leave it off")
+        packed = True
+    if objective != "sft":  # TRL's trainers build their own batches and model calls
+        if cfg.compile == "on":
+            raise ConfigError("compile", f"cannot be on with objective {objective!r}: TRL's trainer runs the model; "
+                              "leave it auto or off")
+        compiled = False
+    else:
+        compiled = compiling.decide(cfg.compile, steps=steps, kind=spec.kind, quantize=spec.quantize,
+                                    checkpointing=cfg.gradient_checkpointing, device=device)
+    if emit is not None and compiled:
+        emit.on_note(f"compiling each layer with torch.compile ({steps} steps; the first ones wait ~30 s for it, "
+                     "--compile off skips it)")
+    return Speed(packed, compiled, fallback=compiled and cfg.compile == "auto")
