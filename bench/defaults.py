@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import methods  # noqa: E402
 
 PROMPTS = {  # data: (template, choices), the notebooks' prompts (00_quickstart, 02_classification)
     "sample:intent": ("Which team should handle this customer message? Answer refund, delivery, account or other.\n"
@@ -83,12 +84,7 @@ def table(results: list[dict]) -> str:
                 continue
             r = rows[name]
             low, high = stats.wilson(sum(r["correct"]), len(r["correct"]))
-            versus = "–"
-            if base is not None and r is not base:
-                d = stats.paired_bootstrap(base["correct"], r["correct"], resamples=2000)
-                p = stats.mcnemar(base["correct"], r["correct"])["p_value"]
-                same = "" if stats.distinguishable(d["low"], d["high"], p) else " (not distinguishable)"
-                versus = f"{d['difference']:+.3f} [{d['low']:+.2f}, {d['high']:+.2f}], p = {p:.2g}{same}"
+            versus = methods.against(r, base)  # the paired test of the methods table
             shown = data if data.startswith("sample:") else "yours: " + Path(data).name
             lines.append(f"| `{shown}` ({r['rows']}) | {name} | {r['accuracy']:.3f} [{low:.2f}, {high:.2f}] | {versus} "
                          f"| {r['train_seconds']:.0f} s |")

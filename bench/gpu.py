@@ -4,7 +4,7 @@ Llama-architecture models of ~1B and ~8B parameters.
 The issue's GPU benchmark, prepared for a machine with one CUDA GPU. For each model size, method
 (``lora``, ``qlora``) and system, one process trains one epoch over the same examples
 (``threads`` from bench/train_throughput.py: 1-8 support messages per example, 60-250 tokens) with
-the same LoRA (r=8, alpha=16, dropout 0.05, every linear layer), learning rate and batch size, and
+the same LoRA (r=8, alpha=16, dropout 0, every linear layer), learning rate and batch size, and
 reports real (non-padding) tokens per second, model FLOPs utilisation against a bf16 matmul peak
 measured on the same GPU in the same run, and the peak GPU memory (``torch.cuda.max_memory_allocated``).
 

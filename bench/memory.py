@@ -116,7 +116,7 @@ def _bf16_weights(prompt, train, out: str, steps: int) -> None:
     path = common.model_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear",
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
     examples = [training_example(prompt, r, tokenizer, 256)[0] for r in train]
     args = TrainingArguments(output_dir=out, per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=5e-4,

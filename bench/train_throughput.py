@@ -2,7 +2,7 @@
 
 The same model (the embedded SmolLM2-135M-Instruct, the same safetensors weights for all),
 the same examples (the same prompt and completion text), the same LoRA (r=8, alpha=16,
-dropout 0.05, every linear layer), the same learning rate (5e-4), batch size (8), max length
+dropout 0 (nbkit's default on decoders, and peft's), every linear layer), the same learning rate (5e-4), batch size (8), max length
 (256) and number of examples (one epoch over them). Each baseline is written the way its
 documentation shows it:
 
@@ -51,7 +51,7 @@ PROMPTS = {
                                              "Name the team of every message, in order.\n{{ text }}\nTeams:",
                     target="{{ label }}"),
 }
-LORA = dict(r=8, alpha=16, dropout=0.05, target_modules="all-linear")
+LORA = dict(r=8, alpha=16, dropout=0.0, target_modules="all-linear")  # dropout 0: nbkit's default, and peft's
 LR, BATCH, MAX_LENGTH, SEED = 5e-4, 8, 256, 0
 
 
@@ -223,7 +223,7 @@ def summarise(results: list[dict], peaks: dict, n: int) -> list[dict]:
     return table
 
 
-TARGETS = {"tutorial": 2.0, "trl": 1.0, "trl-fp32": 1.0}  # nbkit (fp32, its CPU default) over each
+TARGETS = {"tutorial": 2.0, "trl": 2.0, "trl-fp32": 1.6}  # nbkit (its CPU defaults) over each: the aims
 
 
 def render(table: list[dict], peaks: dict, n: int, rounds: int, quick: bool) -> str:

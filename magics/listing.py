@@ -29,7 +29,7 @@ def methods_text() -> str:
     lines = []
     for name in available_methods():
         method = METHODS[name]
-        options = ", ".join(f"{flag(f.name)} ({shown(f.default)})" for f in dataclasses.fields(method.options))
+        options = ", ".join(f"{flag(f.name)} ({shown(f)})" for f in dataclasses.fields(method.options))
         lines.append(f"{name:14} {method.summary}\n{'':14} lr {method.lr:g}; options: {options or 'none'}")
     return "\n".join(lines)
 

@@ -99,7 +99,10 @@ def flag(name: str) -> str:
 
 
 def shown(value) -> str:
-    """A default as a person reads it: 2e+09, 0.05, all-linear, off; None is the method's choice."""
+    """A default as a person reads it: 2e+09, 0.05, all-linear, off; None is the method's choice. A field
+    (an option) may say its own in its ``shown`` metadata (``0 on decoders, 0.05 on encoders``)."""
+    if isinstance(value, dataclasses.Field):
+        return value.metadata.get("shown") or shown(value.default)
     if value is None:
         return "auto"
     if isinstance(value, bool):
@@ -150,7 +153,7 @@ def method_defaults(name: str) -> str:
     for method in METHODS.values():
         for f in dataclasses.fields(method.options):
             if f.name == name:
-                by_default.setdefault(shown(f.default), []).append(method.name)
+                by_default.setdefault(shown(f), []).append(method.name)
     return "; ".join(f"{value} in {', '.join(methods)}" for value, methods in by_default.items())
 
 

@@ -20,7 +20,8 @@ class LoraOptions:
     # sets or a made-up one could tell apart (bench/README.md, "LoRA dropout"); encoders keep the 0.05 their
     # defaults were picked with
     dropout: float | None = field(default=None, metadata={
-        "help": "dropout on the LoRA input (default 0 on decoders, 0.05 on encoders)"})
+        "help": "dropout on the LoRA input (default 0 on decoders, 0.05 on encoders)",
+        "shown": "0 on decoders, 0.05 on encoders"})
     target_modules: str = field(
         default="all-linear", metadata={"help": "which layers get adapters: all-linear, or comma-separated names"}
     )

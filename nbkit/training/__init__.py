@@ -75,7 +75,7 @@ def tune(
         namespace: where data given as a variable name is looked up.
         callbacks: progress subscribers; default prints a few plain lines.
         seeds: train one run per seed, named ``<name>-s<seed>`` (the adapter's initialisation, the
-            data order and dropout differ; nothing else), and return them as :class:`nbkit.runs.Runs`;
+            data order and any dropout masks differ; nothing else), and return them as :class:`nbkit.runs.Runs`;
             ``nbkit.evaluate(run=runs)`` scores each, ``report.seeds()`` gives their mean and spread.
         task: ``generation`` (the default: a decoder learns the target text), ``classification``
             (an encoder with a head) or ``embedding`` (an encoder, contrastive).
