@@ -58,7 +58,7 @@ notebooks: setup
 # Benchmarks (bench/README.md): the real numbers take ~90 min on 2 idle CPU cores and rewrite the tables;
 # bench-quick runs every script in a few steps (~10 min) to check they still run (`make test` runs an even
 # smaller quick mode of each: tests/test_bench.py). Run them on an idle machine.
-BENCH := train_throughput levers defaults eval_throughput memory latency methods profile_step encoder_classification
+BENCH := train_throughput levers eval_throughput memory latency methods profile_step encoder_classification
 
 bench: setup
 	for b in $(BENCH); do $(PY) bench/$$b.py --write || exit 1; done
