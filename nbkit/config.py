@@ -66,8 +66,8 @@ class TuneConfig:
     packing: bool = field(default=False, metadata=_help(
         "padding-free batches: each batch's examples end to end in one row, each attending only to itself"))
     compile: str = field(default="auto", metadata=_help(
-        "torch.compile each layer: ~30 s once, then ~1.15x faster steps on the CPU; auto: on for runs of 200+ "
-        "steps", choices=SWITCHES))
+        "torch.compile each layer: 20-50 s once, then 0.9-1.16x the step speed on a CPU (measured on two); "
+        "auto: on for GPU runs of 200+ steps, off on the CPU", choices=SWITCHES))
     gradient_checkpointing: bool = field(default=False, metadata=_help(
         "recompute activations in the backward pass: less memory, ~30% slower"))
     dev: float | int | str | None = field(default=None, metadata=_help(

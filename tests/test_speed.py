@@ -91,14 +91,14 @@ def test_speedups_that_cannot_work_are_refused_before_any_weights_load(intent_pr
 
 
 def test_compile_auto_waits_for_runs_long_enough_to_pay():
-    from nbkit.training.compiling import AUTO_STEPS, compiler_missing, decide
+    from nbkit.training.compiling import AUTO_STEPS, compiler_missing, decide, pays
 
+    assert pays(AUTO_STEPS, "cuda") and not pays(AUTO_STEPS - 1, "cuda")
+    assert not pays(100 * AUTO_STEPS, "cpu")  # measured: no gain on one of two CPUs (bench/README.md)
     if compiler_missing("cpu"):
         pytest.skip(compiler_missing("cpu"))
     plain = dict(kind="adapter", quantize=None, checkpointing=False, device="cpu")
-    assert not decide("auto", steps=AUTO_STEPS - 1, **plain) and decide("auto", steps=AUTO_STEPS, **plain)
-    assert not decide("auto", steps=10 * AUTO_STEPS, **{**plain, "checkpointing": True})
-    assert not decide("auto", steps=10 * AUTO_STEPS, **{**plain, "quantize": "4bit"})
+    assert not decide("auto", steps=100 * AUTO_STEPS, **plain)
     assert decide("on", steps=1, **plain) and not decide("off", steps=10 * AUTO_STEPS, **plain)
 
 

@@ -3,9 +3,10 @@
 Compiling the whole PEFT model breaks its graph at every adapter check and recompiles as batch
 widths change; compiling each decoder layer (``dynamic=True``: one graph for every width) fuses
 the elementwise chain inside it (norms, SiLU, rotary, LoRA's scaling and sums) and leaves the
-rest eager. Measured on the embedded model, 2 CPU cores (bench/README.md): ~30 s of compilation
-once, then steps ~1.15x faster, so it pays from ~90 steps on; ``auto`` compiles runs of
-:data:`AUTO_STEPS` steps or more, where the gain is sure to outweigh the wait.
+rest eager. Measured on the embedded model, 2 CPU cores (bench/README.md): 20-50 s of compilation
+once, then steps 1.16x faster on a Xeon with AMX and no faster at all on an AMD EPYC (0.9-1.0x).
+So ``auto`` never compiles on the CPU; on CUDA, where fusing saves a kernel launch per elementwise
+operation, it compiles runs of :data:`AUTO_STEPS` steps or more (not measured here: no GPU yet).
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ def compiler_missing(device: str) -> str | None:
 
 
 def decide(setting: str, *, steps: int, kind: str, quantize, checkpointing: bool, device: str) -> bool:
-    """Whether a run compiles its layers: ``on`` (or an error saying why it cannot), ``off``, or ``auto``: runs
-    of :data:`AUTO_STEPS` steps or more of an adapter or full fine-tuning on an unquantized base, without
-    gradient checkpointing (whose recomputation compiling would not speed up)."""
+    """Whether a run compiles its layers: ``on`` (or an error saying why it cannot), ``off``, or ``auto``: where
+    it :func:`pays`, for an adapter or full fine-tuning on an unquantized base, without gradient checkpointing
+    (whose recomputation compiling would not speed up)."""
     from ..errors import ConfigError
 
     reasons = []
@@ -47,7 +48,13 @@ def decide(setting: str, *, steps: int, kind: str, quantize, checkpointing: bool
         if reasons:
             raise ConfigError("compile", f"cannot be on: {reasons[0]}; leave it auto or off")
         return True
-    return setting == "auto" and not reasons and not checkpointing and steps >= AUTO_STEPS and compiles_here(device)
+    return setting == "auto" and pays(steps, device) and not reasons and not checkpointing and compiles_here(device)
+
+
+def pays(steps: int, device: str) -> bool:
+    """Whether ``auto`` expects compiling to repay its wait: never on the CPU (measured: no gain on one of two
+    CPUs), on CUDA from :data:`AUTO_STEPS` steps."""
+    return device.startswith("cuda") and steps >= AUTO_STEPS
 
 
 @functools.cache
