@@ -11,6 +11,7 @@ Every (setting, data set) runs in a process of its own, one after another.
     .venv/bin/python bench/defaults.py                          # 3 sets x 2 dropouts (~20 min on 2 CPU cores)
     .venv/bin/python bench/defaults.py --settings "dropout 0,dropout 0 + bf16"   # others of SETTINGS
     .venv/bin/python bench/defaults.py --data ~/my-set --write  # ... with a set of yours; update bench/README.md
+    .venv/bin/python bench/defaults.py --method qlora --write   # the same for another LoRA method (its own table)
     .venv/bin/python bench/defaults.py --quick                  # 2 steps, 8 rows, one set: does it run?
 """
 
@@ -56,13 +57,13 @@ def prompt_for(data: str):
     return nbkit.Prompt(template, name="p", target="{{ label }}", choices=choices)
 
 
-def one(setting: str, data: str, quick: bool) -> dict:
-    """Train and score one setting on one data set in this process."""
+def one(setting: str, data: str, method: str, quick: bool) -> dict:
+    """Train and score one setting of ``method`` on one data set in this process."""
     import nbkit
 
     prompt = prompt_for(data)
     steps = {"max_steps": 2} if quick else {"epochs": 2}
-    run = nbkit.tune(prompt, data, method="lora", name="run", callbacks=[], **SETTINGS[setting], **steps)
+    run = nbkit.tune(prompt, data, method=method, name="run", callbacks=[], **SETTINGS[setting], **steps)
     report = nbkit.evaluate(None, run, data, limit=8 if quick else None)
     result = report.frame.iloc[0]
     correct = [int(c) for c in next(iter(report.predictions.values()))["correct"]]
@@ -98,9 +99,11 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated data sets instead of the shipped ones")
     parser.add_argument("--settings", default=",".join(list(SETTINGS)[:2]),
                         help="comma-separated names of SETTINGS (default: the two dropouts)")
+    parser.add_argument("--method", default="lora", choices=["lora", "qlora", "dora"],
+                        help="the LoRA method whose settings are measured (default lora)")
     parser.add_argument("--quick", action="store_true", help="2 steps and 8 test rows of one set: does it run?")
     parser.add_argument("--write", action="store_true", help="update bench/README.md")
-    parser.add_argument("--one", nargs=2, metavar=("SETTING", "DATA"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, metavar=("SETTING", "DATA", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         common.emit(one(*args.one, args.quick))
@@ -113,17 +116,19 @@ def main() -> int:
         for data in datas:
             for setting in settings:
                 with tempfile.TemporaryDirectory(dir=runs) as folder:
-                    r = common.child(__file__, ["--one", setting, data] + (["--quick"] if args.quick else []),
+                    r = common.child(__file__, ["--one", setting, data, args.method] + (["--quick"] if args.quick else []),
                                      env={"NBKIT_RUNS_DIR": folder})
                 results.append(r)
                 print(f"{data:18} {setting:28} accuracy {r['accuracy']:.3f}  train {r['train_seconds']:.0f}s",
                       file=sys.stderr, flush=True)
     text = table(results) + common.caption(
-        args.quick, "LoRA with nbkit's defaults but the setting named, 2 epochs, each set's whole test split; "
+        args.quick, f"{args.method} with nbkit's defaults but the setting named, 2 epochs, each set's whole test split; "
                     "accuracy with its Wilson interval, the difference from the first setting on the same rows with "
                     "its paired-bootstrap interval and exact McNemar p (not distinguishable: the interval holds 0 or "
                     "p ≥ 0.05); train time as the run measured it, one process at a time.")
-    common.publish(text, args.quick, args.write, "defaults-table", "defaults", results)
+    block, name = ("defaults-table", "defaults") if args.method == "lora" else (f"defaults-{args.method}-table",
+                                                                                f"defaults-{args.method}")
+    common.publish(text, args.quick, args.write, block, name, results)
     return 0
 
 
