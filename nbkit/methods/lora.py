@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..errors import ConfigError
 from ..checks import positive_int
@@ -22,6 +23,7 @@ class LoraOptions:
     dropout: float | None = field(default=None, metadata={
         "help": "dropout on the LoRA input (default 0 on decoders, 0.05 on encoders)",
         "shown": "0 on decoders, 0.05 on encoders"})
+    dropouts: ClassVar[dict[str, float]] = DROPOUT  # the default by family where it is not 0.05
     target_modules: str = field(
         default="all-linear", metadata={"help": "which layers get adapters: all-linear, or comma-separated names"}
     )
@@ -39,7 +41,7 @@ class LoraOptions:
     def for_family(self, family: str) -> None:
         """Fill the defaults that depend on the model family (the dropout)."""
         if self.dropout is None:
-            self.dropout = DROPOUT.get(family, 0.05)
+            self.dropout = self.dropouts.get(family, 0.05)
 
     def peft_config(self, context=None, **extra):
         """peft's ``LoraConfig``; ``context`` (a ``BuildContext``) gives the family's task type, and its
