@@ -55,7 +55,7 @@ notebooks: setup
 		NBKIT_PROGRESS=widget NBKIT_RUNS_DIR=$(CURDIR)/build/notebook-runs \
 		../$(PY) -m papermill --no-progress-bar $$nb $$nb || exit 1; done
 
-# Benchmarks (bench/README.md): the real numbers take ~90 min on 2 idle CPU cores and rewrite the tables;
+# Benchmarks (bench/README.md): the real numbers take ~95 min on 2 idle CPU cores and rewrite the tables;
 # bench-quick runs every script in a few steps (~10 min) to check they still run (`make test` runs an even
 # smaller quick mode of each: tests/test_bench.py). Run them on an idle machine.
 BENCH := train_throughput levers eval_throughput memory latency methods profile_step encoder_classification
