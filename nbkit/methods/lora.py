@@ -10,9 +10,6 @@ from ..checks import positive_int
 from .registry import Method, register_method
 
 
-DROPOUT = {"decoder": 0.0}  # LoRA dropout by model family where it is not 0.05
-
-
 @dataclass
 class LoraOptions:
     r: int = field(default=8, metadata={"help": "rank of the update; 8 is plenty for classification-sized tasks"})
@@ -23,7 +20,7 @@ class LoraOptions:
     dropout: float | None = field(default=None, metadata={
         "help": "dropout on the LoRA input (default 0 on decoders, 0.05 on encoders)",
         "shown": "0 on decoders, 0.05 on encoders"})
-    dropouts: ClassVar[dict[str, float]] = DROPOUT  # the default by family where it is not 0.05
+    dropouts: ClassVar[dict[str, float]] = {"decoder": 0.0}  # the default by family where it is not 0.05
     target_modules: str = field(
         default="all-linear", metadata={"help": "which layers get adapters: all-linear, or comma-separated names"}
     )
