@@ -10,10 +10,12 @@ variable-length ones), in a process of its own, and records the time of every st
 - ``pays from``: with a start above the plain run's, the step count from which the variant's
   whole run is the shorter one.
 
-The variants: nbkit before this change (LoRA dropout 0.05), nbkit's defaults (dropout 0), and
-each further lever on top of the defaults: packing, bf16 autocast, and torch.compile of each layer.
+The variants: nbkit before these changes (LoRA dropout 0.05, peft's LoRA forward), dropout 0 alone,
+nbkit's defaults (dropout 0, LoRA's low-rank product added in place: nbkit.training.fusing), and each
+further lever on top of the defaults: packing, bf16 autocast, and torch.compile of each layer. peft's
+forward is not a setting (the fused one computes the same): its rows undo the fusing in their process.
 
-    .venv/bin/python bench/levers.py               # 2 data sets x 5 variants, 96 examples (~15 min, 2 cores)
+    .venv/bin/python bench/levers.py               # 2 data sets x 6 variants, 96 examples (~18 min, 2 cores)
     .venv/bin/python bench/levers.py --write       # ... and update bench/README.md
     .venv/bin/python bench/levers.py --quick       # 16 examples of intent: does it run?
 """
@@ -32,8 +34,9 @@ import common  # noqa: E402
 import train_throughput as tt  # noqa: E402
 
 VARIANTS = {  # name: nbkit.tune settings over the training table's LoRA; the first is what nbkit did before
-    "before: dropout 0.05": dict(dropout=0.05),
-    "defaults: dropout 0": dict(dropout=0.0),
+    "before: dropout 0.05, peft's forward": dict(dropout=0.05, fused=False),
+    "dropout 0, peft's forward": dict(dropout=0.0, fused=False),
+    "defaults: dropout 0, fused LoRA": dict(dropout=0.0),
     "+ packing": dict(dropout=0.0, packing=True),
     "+ bf16 autocast": dict(dropout=0.0, precision="bf16"),
     "+ torch.compile": dict(dropout=0.0, compile="on"),
@@ -56,11 +59,16 @@ def one(variant: str, dataset: str, n: int) -> dict:
             self.losses.append(event.loss)
 
     steps = Steps()
+    settings = dict(VARIANTS[variant])
+    if not settings.pop("fused", True):
+        import nbkit.training.decoder
+
+        nbkit.training.decoder.fuse_lora = lambda model: 0  # peft's own LoRA forward
     prompt = nbkit.Prompt(**tt.PROMPTS[dataset])
     train = tt.rows(dataset, n)
     settings = {**dict(method="lora", epochs=1, batch_size=tt.BATCH, max_length=tt.MAX_LENGTH, lr=tt.LR, seed=tt.SEED,
                        r=tt.LORA["r"], alpha=tt.LORA["alpha"], target_modules=tt.LORA["target_modules"],
-                       precision="fp32", compile="off"), **VARIANTS[variant]}
+                       precision="fp32", compile="off"), **settings}
     with tempfile.TemporaryDirectory() as out:
         os.environ["NBKIT_RUNS_DIR"] = out
         nbkit.tune(prompt, {"train": train, "test": train[:1]}, callbacks=[steps], **settings)

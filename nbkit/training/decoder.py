@@ -29,6 +29,7 @@ from ..runs import Run, free_name, runs_dir, write_json
 from ..session import get_prompt, remember_run
 from .callbacks import Bridge, SoftInterrupt, Terminated, check_finite, finish, last_checkpoint
 from . import packing, speed
+from .fusing import fuse_lora
 from .dev import DevEvaluator, TaskLosses, TasksEvaluator
 from .preference import PreferenceBatches, build_preference_trainer
 from .tasks import Task, examples, load_task, write_inputs
@@ -109,6 +110,7 @@ def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str
     set_seed(cfg.seed)  # the adapter's initial weights come from this seed
     model = spec.build(loaded.model, method_options,
                        BuildContext(tokenizer=loaded.tokenizer, prompt=tasks[0].prompt, model_path=model_path))
+    fuse_lora(model)  # LoRA's low-rank product added in place: peft's arithmetic in fewer passes
     trainable, total = count_parameters(model)
     memory = fit_memory(model_cfg, spec, cfg, loaded, trainable, batches.lengths, method_options, emit)
     run = open_run(cfg, tasks, world, loaded.tokenizer, overwrite=overwrite, resume=resume)
