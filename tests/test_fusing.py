@@ -76,13 +76,13 @@ def test_under_bf16_autocast_it_is_peft_s_to_bf16_rounding(monkeypatch):
 
 
 def test_it_fuses_only_plain_lora_layers_and_leaves_every_other_case_to_peft():
-    """DoRA (a variant), adapters disabled (DPO's reference pass) and merged weights: peft's own forward, so the
-    outputs are exactly peft's; layers that are not LoRA's are not touched."""
-    dora = _peft_llama(use_dora=True)
-    reference = _loss_and_grads(dora, IDS)
-    fuse_lora(dora)
-    fused = _loss_and_grads(dora, IDS)
-    _same(fused, reference, 0.0)
+    """DoRA (a variant), a bias on B (peft's lora_bias), adapters disabled (DPO's reference pass) and merged
+    weights: peft's own forward, so the outputs are exactly peft's; layers that are not LoRA's are not touched."""
+    for unusual in (dict(use_dora=True), dict(lora_bias=True)):
+        model = _peft_llama(**unusual)  # B's bias drawn at random too
+        reference = _loss_and_grads(model, IDS)
+        fuse_lora(model)
+        _same(_loss_and_grads(model, IDS), reference, 0.0)
 
     model = _peft_llama()
     fuse_lora(model)

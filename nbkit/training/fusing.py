@@ -11,7 +11,8 @@ gradients: the base product's output is not saved for the backward pass, so writ
 Measured in bench/levers.py ("peft's forward" against the defaults).
 
 It takes over only where it is plainly the same computation: a peft LoRA ``Linear`` over a plain
-``nn.Linear`` without hooks, with one active adapter and no variant (DoRA runs peft's forward), not merged,
+``nn.Linear`` without hooks, with one active adapter, no variant (DoRA runs peft's forward) and no bias on
+``B`` (peft's ``lora_bias``), not merged,
 adapters not disabled (DPO's reference pass disables them), no per-call arguments (peft's mixed-adapter
 batches), and the base and low-rank products in one dtype (under autocast they are). Anything else runs
 peft's own forward, call by call.
@@ -48,7 +49,8 @@ def fused_forward(self, x, *args, **kwargs):
              and not (base._forward_hooks or base._forward_pre_hooks))
     if plain:
         a, b = self.lora_A[name].weight, self.lora_B[name].weight
-        plain = torch.is_autocast_enabled(x.device.type) or x.dtype == base.weight.dtype == a.dtype
+        plain = self.lora_B[name].bias is None and (  # peft's lora_bias=True gives B a bias
+            torch.is_autocast_enabled(x.device.type) or x.dtype == base.weight.dtype == a.dtype)
     if not plain:
         return Linear.forward(self, x, *args, **kwargs)
     flat = x.reshape(-1, x.shape[-1])
