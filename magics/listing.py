@@ -55,8 +55,9 @@ def power_text(values) -> str:
     except ValueError as e:
         raise UsageError(f"usage: %nbkit power P1 P2 (two different accuracies between 0 and 1): {e}") from None
     low, high = wilson(round(p1 * 80), 80)
-    return (f"{rows} test rows per system tell {p1:g} from {p2:g} apart (two-sided 5%, power 80%). For scale: "
-            f"on 80 rows an accuracy of {p1:g} has a 95% interval of about [{low:.2f}, {high:.2f}].")
+    first, second = (str(v).strip() for v in values)  # as typed: 0.800 stays 0.800
+    return (f"{rows} test rows per system tell {first} from {second} apart (two-sided 5%, power 80%). For scale: "
+            f"on 80 rows an accuracy of {first} has a 95% interval of about [{low:.2f}, {high:.2f}].")
 
 
 HELP = """nbkit magics  ($name in a magic line is replaced by the notebook variable; {{ }} is left to Jinja)

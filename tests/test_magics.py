@@ -74,9 +74,10 @@ def test_help_and_listing(ip, capsys):
 def test_nbkit_power_says_how_many_test_rows_tell_two_accuracies_apart(ip, capsys):
     from IPython.core.error import UsageError
 
-    ip.run_line_magic("nbkit", "power 0.8 0.9")
+    ip.run_line_magic("nbkit", "power 0.800 0.9")
     out = capsys.readouterr().out
     assert out.startswith("199 test rows per system") and "[0.70, 0.87]" in out  # Wilson, 64 of 80
+    assert "tell 0.800 from 0.9 apart" in out  # the accuracies as typed
     for bad in ("power 0.8", "power 0.8 0.8", "power 0.8 high", "power 0.8 1.5"):
         with pytest.raises(UsageError, match="usage: %nbkit power"):
             ip.run_line_magic("nbkit", bad)

@@ -39,6 +39,6 @@ def plan(cfg: TuneConfig, spec, objective: str, tasks: int, processes: int, mode
         compiled = compiling.decide(cfg.compile, steps=steps, kind=spec.kind, quantize=spec.quantize,
                                     checkpointing=cfg.gradient_checkpointing, device=device)
     if emit is not None and compiled:
-        emit.on_note(f"compiling each layer with torch.compile ({steps} steps; the first ones wait ~30 s for it, "
-                     "--compile off skips it)")
+        emit.on_note(f"compiling each layer with torch.compile ({steps} steps; the first ones wait for it, 20-50 s "
+                     "measured on a CPU; --compile off skips it)")
     return Speed(packed, compiled, fallback=compiled and cfg.compile == "auto")
