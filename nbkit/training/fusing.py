@@ -12,10 +12,9 @@ Measured in bench/levers.py ("peft's forward" against the defaults).
 
 It takes over only where it is plainly the same computation: a peft LoRA ``Linear`` over a plain
 ``nn.Linear`` without hooks, with one active adapter, no variant (DoRA runs peft's forward) and no bias on
-``B`` (peft's ``lora_bias``), not merged,
-adapters not disabled (DPO's reference pass disables them), no per-call arguments (peft's mixed-adapter
-batches), and the base and low-rank products in one dtype (under autocast they are). Anything else runs
-peft's own forward, call by call.
+``B`` (peft's ``lora_bias``), not merged, adapters not disabled (DPO's reference pass disables them), no
+per-call arguments (peft's mixed-adapter batches), and the base and low-rank products in one dtype (under
+autocast they are). Anything else runs peft's own forward, call by call.
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ def fused_forward(self, x, *args, **kwargs):
     """``base(x) + scaling * B(A(dropout(x)))`` as one product and one in-place ``addmm``; peft's forward where
     the layer is not in the plain case (see the module's docstring)."""
     import torch
-    from peft.tuners.lora.layer import Linear
 
     base, active = self.base_layer, self.active_adapters
     name = active[0] if len(active) == 1 else None
@@ -51,8 +49,8 @@ def fused_forward(self, x, *args, **kwargs):
         a, b = self.lora_A[name].weight, self.lora_B[name].weight
         plain = self.lora_B[name].bias is None and (  # peft's lora_bias=True gives B a bias
             torch.is_autocast_enabled(x.device.type) or x.dtype == base.weight.dtype == a.dtype)
-    if not plain:
-        return Linear.forward(self, x, *args, **kwargs)
+    if not plain:  # the class's forward is peft's: fuse_lora set this one on the instance
+        return type(self).forward(self, x, *args, **kwargs)
     flat = x.reshape(-1, x.shape[-1])
     out = torch.nn.functional.linear(flat, base.weight, base.bias)
     low = torch.nn.functional.linear(self.lora_dropout[name](flat), a)
