@@ -38,10 +38,10 @@ PROMPTS = {  # data: (template, choices), the notebooks' prompts (00_quickstart,
                      ["sports", "business", "science", "politics", "entertainment"]),
 }
 SETTINGS = {  # name: nbkit.tune keywords; the first is the reference the others are compared with
-    "dropout 0.05": dict(dropout=0.05, precision="fp32", packing=False),
-    "dropout 0": dict(dropout=0.0, precision="fp32", packing=False),
-    "dropout 0 + packing": dict(dropout=0.0, precision="fp32", packing=True),
-    "dropout 0 + bf16": dict(dropout=0.0, precision="bf16", packing=False),
+    "dropout 0.05": dict(dropout=0.05, precision="fp32", packing="off"),
+    "dropout 0": dict(dropout=0.0, precision="fp32", packing="off"),
+    "dropout 0 + packing": dict(dropout=0.0, precision="fp32", packing="on"),
+    "dropout 0 + bf16": dict(dropout=0.0, precision="bf16", packing="off"),
 }
 
 

@@ -10,10 +10,11 @@ variable-length ones), in a process of its own, and records the time of every st
 - ``pays from``: with a start above the plain run's, the step count from which the variant's
   whole run is the shorter one.
 
-The variants: nbkit before these changes (LoRA dropout 0.05, peft's LoRA forward), dropout 0 alone,
-nbkit's defaults (dropout 0, LoRA's low-rank product added in place: nbkit.training.fusing), and each
-further lever on top of the defaults: packing, bf16 autocast, and torch.compile of each layer. peft's
-forward is not a setting (the fused one computes the same): its rows undo the fusing in their process.
+The variants: nbkit before these changes (LoRA dropout 0.05, peft's LoRA forward, padded batches),
+dropout 0 alone, LoRA's low-rank product added in place (nbkit.training.fusing), nbkit's defaults
+(those and packed batches, ``packing=auto`` on the CPU), and each further lever on top of the
+defaults: bf16 autocast and torch.compile of each layer. peft's forward is not a setting (the fused
+one computes the same): its rows undo the fusing in their process.
 
     .venv/bin/python bench/levers.py               # 2 data sets x 6 variants, 96 examples (~18 min, 2 cores)
     .venv/bin/python bench/levers.py --write       # ... and update bench/README.md
@@ -34,10 +35,10 @@ import common  # noqa: E402
 import train_throughput as tt  # noqa: E402
 
 VARIANTS = {  # name: nbkit.tune settings over the training table's LoRA; the first is what nbkit did before
-    "before: dropout 0.05, peft's forward": dict(dropout=0.05, fused=False),
-    "dropout 0, peft's forward": dict(dropout=0.0, fused=False),
-    "defaults: dropout 0, fused LoRA": dict(dropout=0.0),
-    "+ packing": dict(dropout=0.0, packing=True),
+    "before: dropout 0.05, peft's forward, padded": dict(dropout=0.05, fused=False, packing="off"),
+    "dropout 0, peft's forward, padded": dict(dropout=0.0, fused=False, packing="off"),
+    "dropout 0, fused LoRA, padded": dict(dropout=0.0, packing="off"),
+    "defaults: dropout 0, fused LoRA, packed": dict(dropout=0.0),  # packing auto: on on the CPU
     "+ bf16 autocast": dict(dropout=0.0, precision="bf16"),
     "+ torch.compile": dict(dropout=0.0, compile="on"),
 }

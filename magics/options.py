@@ -130,6 +130,7 @@ TUNE_FORMS = {
     "prompt": {"action": "append", "suffix": _REPEATED},
     "data": {"action": "append", "required": True, "suffix": _REPEATED},
     "task": {"choices": TASKS},
+    "packing": {"nargs": "?", "const": "on", "metavar": "{auto,on,off}"},  # a bare --packing, as before auto, is on
 }
 TUNE_PARSERS = {"dev": number_or_name, "weights": parse_weights}  # flag text → the setting's value
 NOT_FLAGS = ("prompt", "data", "task")  # settings tune takes by position or by their own keyword

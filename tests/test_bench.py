@@ -73,7 +73,7 @@ SMOKE = {  # the CI mode of each script: the smallest sizes that still run every
     "formats.py": [],  # 8 rows of one prompt, both formats
     "seeds.py": [],  # LoRA, 2 seeds of 1 step, 8 rows
     "levers.py": ["--examples", "8", "--variants",  # compiling: test_speed.py
-                  "dropout 0, peft's forward|defaults: dropout 0, fused LoRA|+ packing"],
+                  "dropout 0, peft's forward, padded|dropout 0, fused LoRA, padded|defaults: dropout 0, fused LoRA, packed"],
     "defaults.py": ["--settings", "dropout 0"],  # 2 steps, 8 rows of sample:intent
 }
 ROWS = {  # what each table must show a row for
@@ -87,7 +87,8 @@ ROWS = {  # what each table must show a row for
     "encoder_classification.py": ["nbkit default", "setfit"],
     "formats.py": ["topic (02)"],
     "seeds.py": ["lora"],
-    "levers.py": ["dropout 0, peft's forward", "defaults: dropout 0, fused LoRA", "+ packing"],
+    "levers.py": ["dropout 0, peft's forward, padded", "dropout 0, fused LoRA, padded",
+                  "defaults: dropout 0, fused LoRA, packed"],
     "defaults.py": ["dropout 0"],
 }
 COLUMN = {"train_throughput.py": 2, "gpu.py": 3, "levers.py": 2, "defaults.py": 2}  # where a table names its rows (default: the first column)

@@ -69,12 +69,12 @@ def test_packed_labels_never_ask_an_example_to_predict_the_next_ones_start():
 
 
 @pytest.mark.parametrize("settings, flag, reason", [
-    ({"method": "prompt-tuning", "packing": True}, "packing", "learned tokens"),
-    ({"method": "prefix-tuning", "packing": True}, "packing", "learned tokens"),
-    ({"method": "lora", "packing": True, "dropout": 0.0, "objective": "dpo"}, "packing", "pairs"),
+    ({"method": "prompt-tuning", "packing": "on"}, "packing", "learned tokens"),
+    ({"method": "prefix-tuning", "packing": True}, "packing", "learned tokens"),  # true: on, as configs had it
+    ({"method": "lora", "packing": "on", "dropout": 0.0, "objective": "dpo"}, "packing", "pairs"),
     ({"method": "qlora", "compile": "on"}, "compile", "4-bit"),
     ({"method": "prompt-tuning", "compile": "on"}, "compile", "prefix"),
-    ({"method": "lora", "packing": "yes"}, "packing", "true or false"),
+    ({"method": "lora", "packing": "yes"}, "packing", "auto, on or off"),
     ({"method": "lora", "compile": "always"}, "compile", "auto, on or off"),
 ])
 def test_speedups_that_cannot_work_are_refused_before_any_weights_load(intent_prompt, monkeypatch, settings, flag,
@@ -88,6 +88,29 @@ def test_speedups_that_cannot_work_are_refused_before_any_weights_load(intent_pr
         prompt = nbkit.Prompt("{{ instruction }}", name="pref", target="{{ chosen }}")
     with pytest.raises(ConfigError, match=f"{flag}.*{reason}"):
         nbkit.tune(prompt, data, max_steps=1, **settings)
+
+
+def test_packing_auto_packs_cpu_runs_that_can_and_leaves_the_others_padded():
+    """auto: packed on the CPU wherever a run can pack; padded (not refused) where it cannot, and on GPUs."""
+    from types import SimpleNamespace
+
+    from transformers import BloomConfig, LlamaConfig
+
+    from nbkit.config import TuneConfig
+    from nbkit.training import speed
+
+    adapter, prompt = SimpleNamespace(kind="adapter", quantize=None), SimpleNamespace(kind="prompt", quantize=None)
+
+    def packed(spec=adapter, objective="sft", tasks=1, processes=1, device="cpu", config=LlamaConfig(), **settings):
+        cfg = TuneConfig(prompt="p", data="sample:intent", compile="off", **settings)
+        return speed.plan(cfg, spec, objective, tasks, processes, config, steps=10, device=device).packed
+
+    assert TuneConfig(prompt="p", data="d").packing == "auto"
+    assert packed() and packed(method="qlora") and packed(method="dora")
+    assert not packed(device="cuda") and packed(device="cuda", packing="on")
+    assert not packed(method="prompt-tuning", spec=prompt) and not packed(objective="dpo")
+    assert not packed(tasks=2) and not packed(processes=2) and not packed(config=BloomConfig())
+    assert not packed(packing="off") and not packed(packing=False) and packed(packing=True)
 
 
 def test_compile_auto_waits_for_runs_long_enough_to_pay():
@@ -106,14 +129,15 @@ def test_compile_auto_waits_for_runs_long_enough_to_pay():
 def test_a_packed_run_trains_as_the_padded_one(intent_prompt):
     """Three steps of LoRA (dropout 0, so nothing random differs) packed and padded: the same losses."""
     runs = [nbkit.tune(intent_prompt, "sample:intent", method="lora", max_steps=3, dropout=0.0, packing=p,
-                       name=f"packing-{p}", callbacks=[]) for p in (True, False)]
+                       name=f"packing-{p}", callbacks=[]) for p in ("on", "off")]
     packed, padded = ([h["loss"] for h in r.history] for r in runs)
     assert len(packed) == 3 and packed == pytest.approx(padded, rel=2e-3), (packed, padded)
 
 
 @pytest.mark.slow
 def test_compiled_layers_train_as_eager_ones(intent_prompt):
-    """Three steps of LoRA with each layer compiled and without: the same losses (float tolerance)."""
+    """Three steps of LoRA with each layer compiled and without (packed, the CPU's default): the same losses
+    (float tolerance)."""
     from nbkit.training.compiling import compiler_missing
 
     if compiler_missing("cpu"):

@@ -112,7 +112,8 @@ def tune_decoder(prompt, data, settings: Mapping[str, Any], options: Mapping[str
                        BuildContext(tokenizer=loaded.tokenizer, prompt=tasks[0].prompt, model_path=model_path))
     fuse_lora(model)  # LoRA's low-rank product added in place: peft's arithmetic in fewer passes
     trainable, total = count_parameters(model)
-    memory = fit_memory(model_cfg, spec, cfg, loaded, trainable, batches.lengths, method_options, emit)
+    memory = fit_memory(model_cfg, spec, cfg, loaded, trainable, batches.lengths, method_options, emit,
+                        packed=faster.packed)
     run = open_run(cfg, tasks, world, loaded.tokenizer, overwrite=overwrite, resume=resume)
     try:
         trainer = build_trainer(model, loaded, batches.examples, cfg, run, spec, batches.dev_eval,
@@ -255,13 +256,17 @@ def check_world(world: "distributed.World", cfg: TuneConfig, rows: int) -> None:
 
 
 def estimate(model_cfg, spec, cfg: TuneConfig, loaded, trainable: int, lengths: list[int], method_options=None,
-             *, checkpointing: bool | None = None, low_memory: bool = False, batch_size: int | None = None):
-    """The memory estimate printed before training starts."""
+             *, checkpointing: bool | None = None, low_memory: bool = False, batch_size: int | None = None,
+             packed: bool = False):
+    """The memory estimate printed before training starts; a packed run's largest row is its longest examples
+    end to end."""
     longest = min(max(lengths, default=cfg.max_length), cfg.max_length)
+    batch = batch_size or cfg.batch_size
+    row = sum(sorted((min(n, cfg.max_length) for n in lengths), reverse=True)[:batch]) if packed and lengths else None
     weight_bytes = 2 if str(getattr(loaded.model, "dtype", "")).endswith(("bfloat16", "float16")) else 4
     return estimate_training(
         model_cfg, method_kind=spec.kind, quantize=spec.quantize, trainable=trainable,
-        batch_size=batch_size or cfg.batch_size, seq_len=longest, weight_bytes=weight_bytes,
+        batch_size=batch, seq_len=longest, weight_bytes=weight_bytes, packed_tokens=row,
         gradient_checkpointing=cfg.gradient_checkpointing if checkpointing is None else checkpointing,
         device=loaded.device, dropout=spec.kind == "adapter" and bool(getattr(method_options, "dropout", 0)),
         low_memory=low_memory,
@@ -282,17 +287,18 @@ def memory_plans(cfg: TuneConfig) -> list[dict]:
     return plans
 
 
-def fit_memory(model_cfg, spec, cfg: TuneConfig, loaded, trainable: int, lengths: list[int], method_options, emit):
+def fit_memory(model_cfg, spec, cfg: TuneConfig, loaded, trainable: int, lengths: list[int], method_options, emit,
+               packed: bool = False):
     """The run's memory estimate; on the CPU, where the run as asked would not fit (Binder gives ~2 GB), the
     first of :func:`memory_plans` that fits (or the last), said in one line. Checkpointing and returning
     freed memory keep the numbers (checkpointing replays the dropout masks) and cost time; micro-batches keep
     the effective batch, but batches grouped by length differ, so the numbers differ a little."""
     release_freed_memory()  # what an earlier evaluation freed is not the run's to count
-    memory = estimate(model_cfg, spec, cfg, loaded, trainable, lengths, method_options)
+    memory = estimate(model_cfg, spec, cfg, loaded, trainable, lengths, method_options, packed=packed)
     if memory.fits or loaded.device != "cpu" or distributed.world().distributed:
         return memory  # several processes would each plan by their own memory, and must not train apart
     for plan in memory_plans(cfg):
-        fitted = estimate(model_cfg, spec, cfg, loaded, trainable, lengths, method_options, **plan)
+        fitted = estimate(model_cfg, spec, cfg, loaded, trainable, lengths, method_options, packed=packed, **plan)
         if fitted.fits:
             break
     what = []

@@ -1,7 +1,8 @@
 """What a decoder run does to go faster, decided once before any weights load: packing and compiling.
 
-Both are said in one line before training when they are on. An impossible ``--packing`` or
-``--compile on`` is an error naming the reason, before anything loads.
+Compiling is said in one line before training when it is on; packing is not (it computes the same
+losses). An impossible ``--packing on`` or ``--compile on`` is an error naming the reason, before
+anything loads; ``auto`` turns either on only where it can work and was measured to pay.
 """
 
 from __future__ import annotations
@@ -23,13 +24,11 @@ class Speed:
 def plan(cfg: TuneConfig, spec, objective: str, tasks: int, processes: int, model_config, steps: int,
          device: str, emit=None) -> Speed:
     """The run's :class:`Speed` from its settings, method, objective, tasks, processes, model and steps."""
-    packed = False
-    if cfg.packing:
-        why = packing.reasons_not(method=cfg.method, kind=spec.kind, objective=objective, tasks=tasks,
-                                  processes=processes, model_config=model_config)
-        if why:
-            raise ConfigError("packing", f"cannot be on: {why[0]}; leave it off")
-        packed = True
+    why = packing.reasons_not(method=cfg.method, kind=spec.kind, objective=objective, tasks=tasks,
+                              processes=processes, model_config=model_config)
+    if cfg.packing == "on" and why:
+        raise ConfigError("packing", f"cannot be on: {why[0]}; leave it auto or off")
+    packed = not why and (cfg.packing == "on" or cfg.packing == "auto" and packing.pays(device))
     if objective != "sft":  # TRL's trainers build their own batches and model calls
         if cfg.compile == "on":
             raise ConfigError("compile", f"cannot be on with objective {objective!r}: TRL's trainer runs the model; "
