@@ -135,15 +135,15 @@ def save(name: str, payload) -> None:
 
 
 def publish(text: str, quick: bool, write: bool, block: str, name: str | None = None, payload=None) -> None:
-    """Print a script's table; unless it was a quick check, save the raw numbers as ``bench/results/<name>.json``
-    and, with ``write``, put the table into bench/README.md's ``block``. A quick check writes nothing."""
+    """Print a script's table; with ``write`` (and not a quick check) put it into bench/README.md's ``block`` and
+    save its raw numbers as ``bench/results/<name>.json``. A run without ``write`` (a quick check, a subset, a
+    data set of one's own) writes nothing: the raw numbers stay those of the table shown."""
     print(text)
-    if quick:
+    if quick or not write:
         return
     if name is not None:
         save(name, payload)
-    if write:
-        replace_block(ROOT / "bench" / "README.md", block, text)
+    replace_block(ROOT / "bench" / "README.md", block, text)
 
 
 def caption(quick: bool, text: str) -> str:
