@@ -262,7 +262,7 @@ def estimate(model_cfg, spec, cfg: TuneConfig, loaded, trainable: int, lengths: 
     end to end."""
     longest = min(max(lengths, default=cfg.max_length), cfg.max_length)
     batch = batch_size or cfg.batch_size
-    row = sum(sorted((min(n, cfg.max_length) for n in lengths), reverse=True)[:batch]) if packed and lengths else None
+    row = sum(sorted(lengths, reverse=True)[:batch]) if packed and lengths else None  # lengths are cut already
     weight_bytes = 2 if str(getattr(loaded.model, "dtype", "")).endswith(("bfloat16", "float16")) else 4
     return estimate_training(
         model_cfg, method_kind=spec.kind, quantize=spec.quantize, trainable=trainable,

@@ -111,7 +111,7 @@ def model_packs(model_config) -> bool:
 
 def pays(device: str) -> bool:
     """Whether ``auto`` packs on ``device``: on the CPU (measured: 1.1-1.3x the step speed and 12-23% less
-    peak memory on an AMD EPYC, no faster and no slower on an Intel Xeon; bench/README.md), not on GPUs,
+    peak memory on an AMD EPYC, not faster on an Intel Xeon; bench/README.md), not on GPUs,
     where one attention call per example is a kernel launch each and nothing was measured."""
     return device == "cpu"
 
