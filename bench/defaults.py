@@ -41,6 +41,7 @@ SETTINGS = {  # name: nbkit.tune keywords; the first is the reference the others
     "dropout 0.05": dict(dropout=0.05, precision="fp32", packing="off"),
     "dropout 0": dict(dropout=0.0, precision="fp32", packing="off"),
     "dropout 0 + packing": dict(dropout=0.0, precision="fp32", packing="on"),
+    "dropout 0.05 + packing": dict(dropout=0.05, precision="fp32", packing="on"),
     "dropout 0 + bf16": dict(dropout=0.0, precision="bf16", packing="off"),
 }
 
@@ -57,18 +58,19 @@ def prompt_for(data: str):
     return nbkit.Prompt(template, name="p", target="{{ label }}", choices=choices)
 
 
-def one(setting: str, data: str, method: str, quick: bool) -> dict:
+def one(setting: str, data: str, method: str, seed: str, quick: bool) -> dict:
     """Train and score one setting of ``method`` on one data set in this process."""
     import nbkit
 
     prompt = prompt_for(data)
     steps = {"max_steps": 2} if quick else {"epochs": 2}
-    run = nbkit.tune(prompt, data, method=method, name="run", callbacks=[], **SETTINGS[setting], **steps)
+    run = nbkit.tune(prompt, data, method=method, name="run", callbacks=[], seed=int(seed), **SETTINGS[setting],
+                     **steps)
     report = nbkit.evaluate(None, run, data, limit=8 if quick else None)
     result = report.frame.iloc[0]
     correct = [int(c) for c in next(iter(report.predictions.values()))["correct"]]
-    return {"setting": setting, "data": data, "accuracy": float(result["accuracy"]), "rows": int(result["n"]),
-            "train_seconds": run.metrics["train_seconds"], "correct": correct}
+    return {"setting": setting, "data": data, "seed": int(seed), "accuracy": float(result["accuracy"]),
+            "rows": int(result["n"]), "train_seconds": run.metrics["train_seconds"], "correct": correct}
 
 
 def table(results: list[dict]) -> str:
@@ -103,7 +105,8 @@ def main() -> int:
                         help="the LoRA method whose settings are measured (default lora)")
     parser.add_argument("--quick", action="store_true", help="2 steps and 8 test rows of one set: does it run?")
     parser.add_argument("--write", action="store_true", help="update bench/README.md")
-    parser.add_argument("--one", nargs=3, metavar=("SETTING", "DATA", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help="the training seed of every run (default 0, nbkit's)")
+    parser.add_argument("--one", nargs=4, metavar=("SETTING", "DATA", "METHOD", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         common.emit(one(*args.one, args.quick))
@@ -116,8 +119,8 @@ def main() -> int:
         for data in datas:
             for setting in settings:
                 with tempfile.TemporaryDirectory(dir=runs) as folder:
-                    r = common.child(__file__, ["--one", setting, data, args.method] + (["--quick"] if args.quick else []),
-                                     env={"NBKIT_RUNS_DIR": folder})
+                    one_args = ["--one", setting, data, args.method, str(args.seed)] + ["--quick"] * args.quick
+                    r = common.child(__file__, one_args, env={"NBKIT_RUNS_DIR": folder})
                 results.append(r)
                 print(f"{data:18} {setting:28} accuracy {r['accuracy']:.3f}  train {r['train_seconds']:.0f}s",
                       file=sys.stderr, flush=True)

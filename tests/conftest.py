@@ -15,6 +15,44 @@ os.environ.setdefault("NBKIT_PROGRESS", "plain")
 from nbkit import events  # noqa: E402  (after the environment it reads)
 
 
+_LEFT: dict[int, dict] = {}  # pid: what a test left running outside pytest's own process tree
+_BEFORE: set[int] = set()  # the processes running when the session started
+
+
+def pytest_sessionstart(session):
+    import psutil
+
+    _BEFORE.update(psutil.pids())
+
+
+@pytest.fixture(autouse=True)
+def _left_running(request):
+    """Notes every process a test leaves running that pytest no longer owns (started by the test, its parent gone),
+    with the CPU time it goes on taking: on two cores a busy leftover would slow every later test (a full run once
+    had two notebooks 3-4x slower than alone; the cause was not found). Listed at the end of the session."""
+    yield
+    import psutil
+
+    me = psutil.Process()
+    ours = {me.pid} | {p.pid for p in me.children(recursive=True)}
+    for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+        info = proc.info
+        if info["pid"] in ours or info["pid"] in _BEFORE or not info["cpu_times"]:
+            continue
+        cpu = info["cpu_times"].user + info["cpu_times"].system
+        command = " ".join(info["cmdline"] or [])[:160]
+        seen = _LEFT.setdefault(info["pid"], {"test": request.node.nodeid, "cmd": command, "first": cpu})
+        seen["later"] = cpu - seen["first"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    busy = {pid: seen for pid, seen in _LEFT.items() if seen["later"] > 2}  # idle ones (a `sleep`) cost nothing
+    if busy:
+        terminalreporter.section("processes left running by tests (CPU seconds they took while later tests ran)")
+        for pid, seen in sorted(busy.items(), key=lambda kv: -kv[1]["later"]):
+            terminalreporter.write_line(f"{seen['later']:8.1f} s  pid {pid}  after {seen['test']}: {seen['cmd']}")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_runs(tmp_path, monkeypatch):
     """Each test writes its runs under its own temporary folder."""

@@ -1,6 +1,5 @@
 import dataclasses
 import json
-import time
 
 import pytest
 
@@ -22,10 +21,9 @@ from nbkit.config import TuneConfig
 def test_impossible_settings_fail_before_any_model_loads(kwargs, field, intent_prompt, monkeypatch):
     loads = []
     monkeypatch.setattr(models, "resolve", lambda spec: loads.append(spec))
-    started = time.monotonic()
     with pytest.raises((ConfigError, UnknownNameError)) as e:
         nbkit.tune(intent_prompt, "sample:intent", **kwargs)
-    assert loads == [] and time.monotonic() - started < 10
+    assert loads == []  # (no time bound: the first call imports the training stack, 10 s and more on a busy CI)
     if field:
         assert e.value.field == field and field in str(e.value)
     else:
