@@ -11,6 +11,8 @@ steps), since a QLoRA that saves memory and does not learn would be no result.
 - ``lora bf16 weights``:  the base loaded in bf16 (``from_pretrained(dtype=torch.bfloat16)``),
   peft LoRA, ``Trainer`` with ``bf16=True``: the plain Transformers + PEFT way, for the footprint;
 - ``qlora 4-bit``:  ``nbkit.tune(method="qlora")`` (bitsandbytes NF4, double quantization);
+- ``lora fp32, padded``:  ``packing="off"``: each batch padded to its longest example (what
+  nbkit does where it cannot pack, and on GPUs), beside the packed rows of the CPU default;
 - ``lora fp32, checkpointing``:  ``gradient_checkpointing=True``;
 - ``lora fp32, in 2 GiB``:  the first, where the machine says 1.3 GiB are free beside the ~0.6 GiB
   the process holds (Binder's ~2 GB): nbkit turns on checkpointing and returns freed memory at once.
@@ -34,8 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-VARIANTS = ["lora fp32", "lora bf16 autocast", "lora bf16 weights", "qlora 4-bit", "lora fp32, checkpointing",
-            "lora fp32, in 2 GiB"]
+VARIANTS = ["lora fp32", "lora bf16 autocast", "lora bf16 weights", "qlora 4-bit", "lora fp32, padded",
+            "lora fp32, checkpointing", "lora fp32, in 2 GiB"]
 PROMPT = dict(name="intent", template="Which team should handle this customer message: refund, delivery, account "
                                       "or other?\nMessage: {{ text }}\nTeam:", target="{{ label }}")
 BATCH = 8
@@ -83,7 +85,8 @@ def one(variant: str, steps: int) -> dict:
             method = "qlora" if variant.startswith("qlora") else "lora"
             precision = "bf16" if "bf16" in variant else "auto"
             nbkit.tune(prompt, data, method=method, max_steps=steps, batch_size=BATCH, precision=precision,
-                       gradient_checkpointing=variant.endswith("checkpointing"), callbacks=[])
+                       gradient_checkpointing=variant.endswith("checkpointing"), callbacks=[],
+                       packing="off" if variant.endswith("padded") else "auto")
     losses = stats.pop("losses")
     return {"variant": variant, "steps": steps, **stats, "first_loss": losses[0], "last_loss": losses[-1],
             "peak_memory_mb": common.peak_rss_mb()}
