@@ -58,18 +58,18 @@ def prompt_for(data: str):
     return nbkit.Prompt(template, name="p", target="{{ label }}", choices=choices)
 
 
-def one(setting: str, data: str, method: str, seed: str, quick: bool) -> dict:
+def one(setting: str, data: str, method: str, seed: int, quick: bool) -> dict:
     """Train and score one setting of ``method`` on one data set in this process."""
     import nbkit
 
     prompt = prompt_for(data)
     steps = {"max_steps": 2} if quick else {"epochs": 2}
-    run = nbkit.tune(prompt, data, method=method, name="run", callbacks=[], seed=int(seed), **SETTINGS[setting],
+    run = nbkit.tune(prompt, data, method=method, name="run", callbacks=[], seed=seed, **SETTINGS[setting],
                      **steps)
     report = nbkit.evaluate(None, run, data, limit=8 if quick else None)
     result = report.frame.iloc[0]
     correct = [int(c) for c in next(iter(report.predictions.values()))["correct"]]
-    return {"setting": setting, "data": data, "seed": int(seed), "accuracy": float(result["accuracy"]),
+    return {"setting": setting, "data": data, "seed": seed, "accuracy": float(result["accuracy"]),
             "rows": int(result["n"]), "train_seconds": run.metrics["train_seconds"], "correct": correct}
 
 
@@ -109,7 +109,8 @@ def main() -> int:
     parser.add_argument("--one", nargs=4, metavar=("SETTING", "DATA", "METHOD", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        common.emit(one(*args.one, args.quick))
+        setting, data, method, seed = args.one
+        common.emit(one(setting, data, method, int(seed), args.quick))
         return 0
     datas = args.only.split(",") if args.only else list(PROMPTS)
     datas = (datas[:1] if args.quick else datas) + [str(Path(d).expanduser().resolve()) for d in args.data]
@@ -119,8 +120,8 @@ def main() -> int:
         for data in datas:
             for setting in settings:
                 with tempfile.TemporaryDirectory(dir=runs) as folder:
-                    one_args = ["--one", setting, data, args.method, str(args.seed)] + ["--quick"] * args.quick
-                    r = common.child(__file__, one_args, env={"NBKIT_RUNS_DIR": folder})
+                    flags = ["--one", setting, data, args.method, str(args.seed)] + (["--quick"] if args.quick else [])
+                    r = common.child(__file__, flags, env={"NBKIT_RUNS_DIR": folder})
                 results.append(r)
                 print(f"{data:18} {setting:28} accuracy {r['accuracy']:.3f}  train {r['train_seconds']:.0f}s",
                       file=sys.stderr, flush=True)

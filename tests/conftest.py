@@ -27,9 +27,9 @@ def pytest_sessionstart(session):
 
 @pytest.fixture(autouse=True)
 def _left_running(request):
-    """Notes every process a test leaves running that pytest no longer owns (started by the test, its parent gone),
-    with the CPU time it goes on taking: on two cores a busy leftover would slow every later test (a full run once
-    had two notebooks 3-4x slower than alone; the cause was not found). Listed at the end of the session."""
+    """Notes every process that appeared since the session started and is not pytest's own (a test's orphan, or
+    other work on the machine), with the CPU time it goes on taking: on two cores a busy one slows every later test
+    (a full run once had two notebooks 3-4x slower than alone). Listed at the end of the session."""
     yield
     import psutil
 
