@@ -152,11 +152,17 @@ def run_notebook(notebook: str | os.PathLike, parameters: Mapping[str, Any] | No
     os.environ.update(env)
     started, watch = time.monotonic(), Watch(show)
     try:
-        with watch.interruptible():
-            papermill.execute_notebook(
-                str(job.notebook), str(job.output), parameters=parameters, cwd=str(job.notebook.parent),
-                kernel_name=kernel, progress_bar=False, log_output=False, **watch.engine_options(),
-            )
+        for attempt in range(1, KERNEL_STARTS + 1):
+            try:
+                with watch.interruptible():
+                    papermill.execute_notebook(
+                        str(job.notebook), str(job.output), parameters=parameters, cwd=str(job.notebook.parent),
+                        kernel_name=kernel, progress_bar=False, log_output=False, **watch.engine_options(),
+                    )
+                break
+            except RuntimeError as e:
+                if attempt == KERNEL_STARTS or watch.interrupted or not _kernel_never_started(e):
+                    raise
     except papermill.PapermillExecutionError as e:
         raise (JobInterrupted if watch.interrupted else JobFailed)(job, e.exec_count, e.ename, e.evalue) from None
     except Exception as e:  # a dead kernel, a timeout: failed, not hanging
@@ -170,6 +176,19 @@ def run_notebook(notebook: str | os.PathLike, parameters: Mapping[str, Any] | No
             else:
                 os.environ[k] = v
     return job
+
+
+KERNEL_STARTS = 3  # tries to start a job's kernel (see _kernel_never_started)
+
+
+def _kernel_never_started(error: Exception) -> bool:
+    """Whether the kernel died before it answered its first request, so no cell ran and the job can start over.
+
+    Jupyter picks a kernel's ports by binding and releasing them; kernels started at the same moment
+    (``sweep(parallel=N)``) can pick the same port, and the one that loses dies at once
+    (``ZMQError: Address already in use``), which ``jupyter_client`` reports as this error.
+    """
+    return "before replying to kernel_info" in str(error)
 
 
 @dataclass

@@ -158,3 +158,35 @@ def test_one_target_per_job_under_different_names_keeps_the_name(tmp_path):
     frame, metrics = _frame(tmp_path / "nb.ipynb", ["method"], [("lora",), ("qlora",)], outcomes)
     assert metrics == ["target", "accuracy"]
     assert frame["target"].tolist() == ["intent + lora", "intent + qlora"]
+
+
+def test_a_kernel_that_dies_before_any_cell_is_started_again(toy, tmp_path, monkeypatch):
+    """The sweep flake (two kernels bound the same port; the loser died before kernel_info): the job starts over.
+
+    A real kernel spec whose first start exits at once, as a kernel that lost its port does; the second
+    start is a normal ipykernel. A cell that fails is not retried (the `bad` job above fails once).
+    """
+    import sys
+
+    from nbkit.jobs import run_notebook
+
+    starts = tmp_path / "starts"
+    spec = tmp_path / "jupyter" / "kernels" / "dies-once"
+    spec.mkdir(parents=True)
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(
+        "import pathlib, sys\n"
+        f"starts = pathlib.Path({str(starts)!r})\n"
+        "starts.write_text(starts.read_text() + 'x' if starts.exists() else 'x')\n"
+        "if len(starts.read_text()) == 1:\n"
+        "    sys.exit(1)\n"
+        "from ipykernel import kernelapp\n"
+        "kernelapp.launch_new_instance(argv=sys.argv[1:])\n")
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, str(launcher), "-f", "{connection_file}"],
+        "display_name": "dies once", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+
+    job = run_notebook(toy, {"lr": 2e-4}, jobs_dir=tmp_path / "jobs", kernel="dies-once")
+    assert starts.read_text() == "xx"
+    assert len(job.reports()) == 1
