@@ -23,6 +23,7 @@ estimate/peak ratio is what tests/test_memory.py keeps within 0.75-1.25 on four 
     .venv/bin/python bench/memory.py            # 6 steps of 8 intent examples each (~5 min)
     .venv/bin/python bench/memory.py --write    # ... and update bench/README.md
     .venv/bin/python bench/memory.py --quick    # 2 steps each: checks the script runs
+    .venv/bin/python bench/memory.py --quick --variants "lora fp32|qlora 4-bit"   # some of them
 """
 
 from __future__ import annotations
@@ -149,14 +150,20 @@ def main() -> int:
     parser.add_argument("--steps", type=int, help="training steps per variant (default 6; --quick 2)")
     parser.add_argument("--quick", action="store_true", help="2 steps each: does it run?")
     parser.add_argument("--write", action="store_true", help="update bench/README.md")
+    parser.add_argument("--variants", default="|".join(VARIANTS), help="|-separated names of VARIANTS")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = [v for v in args.variants.split("|") if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+    if args.write and args.variants != "|".join(VARIANTS):
+        parser.error("--write replaces the whole table: leave --variants out")
     common.fill(args, args.quick, steps=(6, 2))
     if args.one:
         common.emit(one(args.one, args.steps))
         return 0
     rows = []
-    for variant in VARIANTS:
+    for variant in args.variants.split("|"):
         rows.append(common.child(__file__, ["--one", variant, "--steps", str(args.steps)]))
         r = rows[-1]
         print(f"{variant:20} footprint {r['footprint_mb']:5.0f} MiB  peak {r['peak_memory_mb']:5.0f} MiB  "

@@ -64,7 +64,8 @@ def test_head_on_targets_gives_the_same_loss_and_gradients():
 SMOKE = {  # the CI mode of each script: the smallest sizes that still run every system / variant once
     "train_throughput.py": ["--examples", "2", "--datasets", "threads"],
     "eval_throughput.py": ["--score-rows", "4", "--generate-rows", "2"],
-    "memory.py": ["--steps", "1"],
+    # nbkit fp32, the bf16 peer recipe, 4-bit, the memory-budget plan (the others are flags of the first)
+    "memory.py": ["--steps", "1", "--variants", "lora fp32|lora bf16 weights|qlora 4-bit|lora fp32, in 2 GiB"],
     "latency.py": [],
     "methods.py": ["--methods", "lora", "--precision", "bf16"],
     "profile_step.py": [],
@@ -79,7 +80,7 @@ SMOKE = {  # the CI mode of each script: the smallest sizes that still run every
 ROWS = {  # what each table must show a row for
     "train_throughput.py": ["tutorial", "trl", "trl-fp32", "nbkit", "nbkit-bf16"],
     "eval_throughput.py": ["label scoring", "generation"],
-    "memory.py": ["lora fp32", "lora bf16 autocast", "lora bf16 weights", "qlora 4-bit"],
+    "memory.py": ["lora fp32", "lora bf16 weights", "qlora 4-bit", "lora fp32, in 2 GiB"],
     "latency.py": ["`%load_ext nbkit`", "… nbkit's own time beyond generation"],
     "methods.py": ["zero-shot", "lora", "lora, bf16"],
     "profile_step.py": ["matrix products", "LoRA products (rank 8)", "dropout masks (bernoulli)"],
