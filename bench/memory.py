@@ -153,17 +153,18 @@ def main() -> int:
     parser.add_argument("--variants", default="|".join(VARIANTS), help="|-separated names of VARIANTS")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    unknown = [v for v in args.variants.split("|") if v not in VARIANTS]
+    variants = args.variants.split("|")
+    unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
-    if args.write and args.variants != "|".join(VARIANTS):
+    if args.write and variants != VARIANTS:
         parser.error("--write replaces the whole table: leave --variants out")
     common.fill(args, args.quick, steps=(6, 2))
     if args.one:
         common.emit(one(args.one, args.steps))
         return 0
     rows = []
-    for variant in args.variants.split("|"):
+    for variant in variants:
         rows.append(common.child(__file__, ["--one", variant, "--steps", str(args.steps)]))
         r = rows[-1]
         print(f"{variant:20} footprint {r['footprint_mb']:5.0f} MiB  peak {r['peak_memory_mb']:5.0f} MiB  "

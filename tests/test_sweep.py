@@ -164,7 +164,7 @@ def test_a_kernel_that_dies_before_any_cell_is_started_again(toy, tmp_path, monk
     """The sweep flake (two kernels bound the same port; the loser died before kernel_info): the job starts over.
 
     A real kernel spec whose first start exits at once, as a kernel that lost its port does; the second
-    start is a normal ipykernel. A cell that fails is not retried (the `bad` job above fails once).
+    start is a normal ipykernel. (A cell that raises is papermill's execution error, which is never retried.)
     """
     import sys
 
